@@ -1,0 +1,262 @@
+/*
+ * ura: an async runtime on io_uring.
+ *
+ * One ring per loop, one loop per thread. The unit of work is a task (one io_uring
+ * submission); tasks are grouped into sessions with URLSession's lifecycle.
+ *
+ * Conventions, for every function below:
+ *   - returns 0 (or a count) on success and a negative errno on failure; errno is
+ *     never the channel for an error;
+ *   - a function that takes a callback and returns an error never calls the callback;
+ *   - "any thread" means callable from any thread at any time, including from inside a
+ *     callback; "loop thread" means only on the thread that created the loop;
+ *   - all callbacks run on the loop thread.
+ */
+#ifndef URA_H
+#define URA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <liburing.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Everything declared here is exported; the rest of the library is hidden. */
+#pragma GCC visibility push(default)
+
+#define URA_VERSION_MAJOR 0
+#define URA_VERSION_MINOR 1
+
+typedef struct ura_loop ura_loop;
+typedef struct ura_session ura_session;
+typedef struct ura_buf_ring ura_buf_ring;
+
+/* A task handle: slot index and generation; 0 is never a valid handle. */
+typedef uint64_t ura_task;
+
+/* ------------------------------------------------------------------ loop */
+
+/* Loop creation flags (struct ura_loop_config.flags). */
+enum {
+	/* Do not use IORING_SETUP_DEFER_TASKRUN/SINGLE_ISSUER even where the kernel has them. */
+	URA_LOOP_NO_DEFER_TASKRUN = 1u << 0,
+	/* Do not use IORING_SETUP_COOP_TASKRUN. */
+	URA_LOOP_NO_COOP_TASKRUN = 1u << 1,
+};
+
+struct ura_loop_config {
+	uint32_t sq_entries;  /* 0: 256; at most 32768 */
+	uint32_t cq_entries;  /* 0: 8 x sq_entries; at least sq_entries, at most 1048576 */
+	uint32_t flags;       /* URA_LOOP_* */
+	uint32_t reserved[5]; /* must be zero */
+};
+
+/* Setup flags the kernel accepted for a loop (ura_loop_features). */
+enum {
+	URA_FEATURE_SINGLE_ISSUER = 1u << 0,
+	URA_FEATURE_DEFER_TASKRUN = 1u << 1,
+	URA_FEATURE_COOP_TASKRUN = 1u << 2,
+	URA_FEATURE_SUBMIT_ALL = 1u << 3,
+	URA_FEATURE_NODROP = 1u << 4,
+};
+
+/*
+ * Creates a loop whose ring uses SINGLE_ISSUER, DEFER_TASKRUN, COOP_TASKRUN and
+ * SUBMIT_ALL where the kernel has them. cfg may be NULL (defaults). The calling thread
+ * becomes the loop thread. The caller frees the loop with ura_loop_free. Any thread.
+ */
+int ura_loop_new(const struct ura_loop_config *cfg, ura_loop **out);
+
+/*
+ * Invalidates and cancels every live session, drains the ring (each session gets its
+ * final event, with error -ESHUTDOWN), then frees the loop. Session references the
+ * caller still holds stay valid until their last unref. NULL is fine. Loop thread.
+ */
+void ura_loop_free(ura_loop *loop);
+
+/* Runs until no live work remains or ura_loop_stop. Returns 0 or -errno. Loop thread. */
+int ura_loop_run(ura_loop *loop);
+
+/* One iteration; wait: block until at least one completion or wakeup. Returns the number
+ * of completions handled, or -errno. Loop thread. */
+int ura_loop_run_once(ura_loop *loop, bool wait);
+
+/* Makes the current (or next) ura_loop_run return. Any thread. */
+void ura_loop_stop(ura_loop *loop);
+
+/* fn(arg) runs once on the loop thread, never inside this call. Any thread. */
+int ura_loop_post(ura_loop *loop, void (*fn)(void *arg), void *arg);
+
+/* The loop's ring, for registering buffers and files. Do not submit on it. Loop thread. */
+struct io_uring *ura_loop_ring(ura_loop *loop);
+
+/* URA_FEATURE_* the ring was set up with. Any thread. */
+uint32_t ura_loop_features(ura_loop *loop);
+
+/* ----------------------------------------------------------------- tasks */
+
+typedef void (*ura_task_fn)(ura_session *s, ura_task t, int32_t res, uint32_t cqe_flags, void *arg);
+
+/* ura_submit flags. */
+enum {
+	URA_SUBMIT_SUSPENDED = 1u << 0, /* created suspended; starts at ura_task_resume */
+};
+
+enum ura_task_state {
+	URA_TASK_RUNNING = 0,
+	URA_TASK_SUSPENDED = 1,
+	URA_TASK_CANCELING = 2,
+	URA_TASK_COMPLETED = 3,
+};
+
+enum ura_task_kind { URA_TASK_DATA = 0, URA_TASK_UPLOAD = 1, URA_TASK_DOWNLOAD = 2 };
+
+/*
+ * Submits a copy of the template sqe (prepared with io_uring_prep_*) as a task of s. The
+ * runtime owns user_data. fn (may be NULL) is called once per CQE; the call without
+ * IORING_CQE_F_MORE is the terminal one, exactly once per accepted task. Memory the op
+ * uses must live until that terminal call. IOSQE_IO_LINK, IOSQE_IO_HARDLINK and
+ * IOSQE_CQE_SKIP_SUCCESS are refused (-EINVAL): each task is one independent CQE stream.
+ * -ESHUTDOWN if s is invalidated or invalidating. out may be NULL. Any thread.
+ */
+int ura_submit(ura_session *s, const struct io_uring_sqe *sqe, unsigned flags,
+	       ura_task_fn fn, void *arg, ura_task *out);
+
+/* 0, -ENOENT (unknown or finished), or -EALREADY (already cancelling). A suspended or not
+ * yet submitted task completes with -ECANCELED without an SQE; a running one is cancelled
+ * with IORING_OP_ASYNC_CANCEL. Any thread. */
+int ura_task_cancel(ura_session *s, ura_task t);
+
+/* Starts a suspended task. 0, -ENOENT, or -EINVAL if it is not suspended. Any thread. */
+int ura_task_resume(ura_session *s, ura_task t);
+
+/* URA_TASK_*; a finished or unknown handle reads URA_TASK_COMPLETED. Any thread. */
+int ura_task_state(ura_session *s, ura_task t);
+
+/* Wrappers: prepare the SQE and ura_submit it with flags 0. Same callback convention. */
+int ura_nop(ura_session *s, ura_task_fn fn, void *arg, ura_task *out);
+int ura_read(ura_session *s, int fd, void *buf, unsigned len, uint64_t off,
+	     ura_task_fn fn, void *arg, ura_task *out);
+int ura_write(ura_session *s, int fd, const void *buf, unsigned len, uint64_t off,
+	      ura_task_fn fn, void *arg, ura_task *out);
+int ura_readv(ura_session *s, int fd, const struct iovec *iov, unsigned n, uint64_t off,
+	      ura_task_fn fn, void *arg, ura_task *out);
+int ura_writev(ura_session *s, int fd, const struct iovec *iov, unsigned n, uint64_t off,
+	       ura_task_fn fn, void *arg, ura_task *out);
+int ura_recv(ura_session *s, int fd, void *buf, size_t len, int flags,
+	     ura_task_fn fn, void *arg, ura_task *out);
+int ura_send(ura_session *s, int fd, const void *buf, size_t len, int flags,
+	     ura_task_fn fn, void *arg, ura_task *out);
+int ura_sendmsg(ura_session *s, int fd, const struct msghdr *msg, unsigned flags,
+		ura_task_fn fn, void *arg, ura_task *out);
+int ura_recvmsg(ura_session *s, int fd, struct msghdr *msg, unsigned flags,
+		ura_task_fn fn, void *arg, ura_task *out);
+/* addr/addrlen may be NULL; res is the accepted descriptor. */
+int ura_accept(ura_session *s, int fd, struct sockaddr *addr, socklen_t *addrlen, int flags,
+	       ura_task_fn fn, void *arg, ura_task *out);
+/* One CQE per accepted connection with IORING_CQE_F_MORE until the terminal one. */
+int ura_accept_multishot(ura_session *s, int fd, int flags,
+			 ura_task_fn fn, void *arg, ura_task *out);
+int ura_connect(ura_session *s, int fd, const struct sockaddr *addr, socklen_t len,
+		ura_task_fn fn, void *arg, ura_task *out);
+int ura_close(ura_session *s, int fd, ura_task_fn fn, void *arg, ura_task *out);
+/* path must live until the terminal call. */
+int ura_openat(ura_session *s, int dfd, const char *path, int flags, unsigned mode,
+	       ura_task_fn fn, void *arg, ura_task *out);
+int ura_fsync(ura_session *s, int fd, unsigned flags, ura_task_fn fn, void *arg, ura_task *out);
+/* One-shot poll; res is the returned event mask. */
+int ura_poll(ura_session *s, int fd, unsigned events, ura_task_fn fn, void *arg, ura_task *out);
+/* Completes after ns nanoseconds with -ETIME. The timespec is kept by the runtime. */
+int ura_timeout(ura_session *s, uint64_t ns, ura_task_fn fn, void *arg, ura_task *out);
+int ura_splice(ura_session *s, int fd_in, int64_t off_in, int fd_out, int64_t off_out,
+	       unsigned len, unsigned flags, ura_task_fn fn, void *arg, ura_task *out);
+
+/*
+ * A provided-buffer ring of nbufs (a power of two, at most 32768) buffers of buf_size
+ * bytes each, registered under group id bgid. Loop thread; freed with ura_buf_ring_free
+ * after every task using it has had its terminal call.
+ */
+int ura_buf_ring_new(ura_loop *loop, uint16_t bgid, unsigned nbufs, unsigned buf_size,
+		     ura_buf_ring **out);
+void ura_buf_ring_free(ura_buf_ring *br); /* loop thread; NULL is fine */
+/* The buffer a CQE carries (IORING_CQE_F_BUFFER in cqe_flags), or NULL. */
+void *ura_buf_ring_buffer(ura_buf_ring *br, uint32_t cqe_flags);
+/* Gives the buffer a CQE carried back to the kernel. Loop thread. */
+void ura_buf_ring_recycle(ura_buf_ring *br, uint32_t cqe_flags);
+unsigned ura_buf_ring_buf_size(const ura_buf_ring *br);
+
+/* Multishot recv into br's buffers: res bytes in ura_buf_ring_buffer(br, cqe_flags);
+ * res 0 is end of stream (terminal). Recycle each buffer when done with it. */
+int ura_recv_multishot(ura_session *s, int fd, ura_buf_ring *br, int flags,
+		       ura_task_fn fn, void *arg, ura_task *out);
+
+/* The kind get_tasks files an opcode under: reads/recvs DOWNLOAD, writes/sends UPLOAD. */
+enum ura_task_kind ura_task_kind_of_opcode(uint8_t opcode);
+
+/* -------------------------------------------------------------- sessions */
+
+struct ura_session_delegate {
+	/* After the terminal call of each task. */
+	void (*task_did_complete)(ura_session *s, ura_task t, int32_t res, void *ctx);
+	/* Exactly once, after everything the session caused has drained. error: 0 for an
+	 * explicit invalidation, a negative errno when the loop was freed or the ring failed. */
+	void (*did_become_invalid)(ura_session *s, int error, void *ctx);
+};
+
+struct ura_session_stats {
+	uint64_t submitted;        /* tasks accepted */
+	uint64_t completed;        /* terminal calls made */
+	uint64_t cancelled;        /* tasks whose cancel was requested and took effect */
+	uint64_t cancel_ok;        /* cancel CQEs with res 0 */
+	uint64_t cancel_enoent;    /* cancel CQEs with res -ENOENT */
+	uint64_t cancel_ealready;  /* cancel CQEs with res -EALREADY */
+	uint64_t in_flight;        /* accepted and not yet terminal */
+	uint64_t peak_in_flight;
+	uint64_t invalidate_to_final_ns; /* first invalidation request to final event; 0 before */
+};
+
+/* A new session (one reference, the caller's). d may be NULL; *d is copied. Any thread. */
+int ura_session_new(ura_loop *loop, const struct ura_session_delegate *d, void *ctx,
+		    ura_session **out);
+/* The loop's shared session: no delegate, ignores invalidation. Borrowed. Any thread. */
+ura_session *ura_session_shared(ura_loop *loop);
+ura_session *ura_session_ref(ura_session *s);    /* any thread */
+void ura_session_unref(ura_session *s);          /* any thread; NULL is fine */
+/* No new tasks; live ones finish; then did_become_invalid(s, 0). Returns at once. Any thread. */
+void ura_session_finish_tasks_and_invalidate(ura_session *s);
+/* No new tasks; live ones are cancelled; then did_become_invalid(s, 0). Any thread. */
+void ura_session_invalidate_and_cancel(ura_session *s);
+/* False once invalidation has been requested (and for NULL). Any thread. */
+bool ura_session_is_valid(ura_session *s);
+/* Copies text (NULL clears). -ESHUTDOWN once invalidated. Any thread. */
+int ura_session_set_description(ura_session *s, const char *text);
+/* snprintf-like: the description's length; writes at most len bytes with a NUL. Any thread. */
+size_t ura_session_description(ura_session *s, char *buf, size_t len);
+/* fn runs later on the loop thread with the tasks neither completed nor cancelling. The
+ * array is valid for the call only. Any thread. */
+int ura_session_get_all_tasks(ura_session *s,
+			      void (*fn)(ura_session *, const ura_task *, size_t, void *),
+			      void *arg);
+int ura_session_get_tasks(ura_session *s,
+			  void (*fn)(ura_session *, const ura_task *data, size_t nd,
+				     const ura_task *upload, size_t nu,
+				     const ura_task *download, size_t ndl, void *),
+			  void *arg);
+/* fn runs once every task live at the call has completed. Any thread. */
+int ura_session_flush(ura_session *s, void (*fn)(ura_session *, void *), void *arg);
+/* flush, then drop the session's cached resources and reset its stats. Any thread. */
+int ura_session_reset(ura_session *s, void (*fn)(ura_session *, void *), void *arg);
+/* A snapshot of the session's counters. Any thread. */
+int ura_session_stats(ura_session *s, struct ura_session_stats *out);
+
+#pragma GCC visibility pop
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* URA_H */

@@ -1,0 +1,45 @@
+/*
+ * MPSC inbox: a Treiber stack that the single consumer empties with one exchange and
+ * then reverses, so nodes come out in push order.
+ *
+ * Progress: producers CAS the head (lock-free); the consumer's take is one exchange
+ * (wait-free). There is no ABA: the consumer never pops single nodes, it swaps the whole
+ * list for NULL, so a producer's CAS compares against a head that only producers install.
+ *
+ * Order: pushes are linearised by their CAS; the taken list is reversed into that order.
+ * A push that happens-before another (same thread, or the handle was passed on) comes out
+ * first, in the same take or an earlier one.
+ *
+ * Wakeup: ura__inbox_push reports whether the inbox was empty. Only such a push needs
+ * to wake the consumer: a later push onto a non-empty inbox will be taken by the same
+ * take that the first push's wakeup causes. The consumer always takes before it sleeps,
+ * and a push after that take finds the inbox empty and wakes it.
+ *
+ * Fences: the release CAS in push pairs with the acquire exchange in take, so a node's
+ * contents written before its push are visible to the consumer.
+ */
+#include "inbox.h"
+
+bool ura__inbox_push(struct ura__inbox *ib, struct ura__inbox_node *n)
+{
+	struct ura__inbox_node *old = atomic_load_explicit(&ib->head, memory_order_relaxed);
+	do {
+		n->next = old;
+	} while (!atomic_compare_exchange_weak_explicit(&ib->head, &old, n,
+							memory_order_release,
+							memory_order_relaxed));
+	return old == NULL;
+}
+
+struct ura__inbox_node *ura__inbox_take(struct ura__inbox *ib)
+{
+	struct ura__inbox_node *n = atomic_exchange_explicit(&ib->head, NULL, memory_order_acquire);
+	struct ura__inbox_node *prev = NULL;
+	while (n) {
+		struct ura__inbox_node *next = n->next;
+		n->next = prev;
+		prev = n;
+		n = next;
+	}
+	return prev;
+}

@@ -1,0 +1,525 @@
+/*
+ * The loop: ring setup, the run loop, the completion reaper, and the cross-thread inbox
+ * with its wakeup.
+ *
+ * One iteration (ura_loop_run_once):
+ *   1. take the inbox and run its commands (submits, cancels, posts, session requests);
+ *   2. run the loop thread's deferred work (cancelled-before-submission tasks, session
+ *      checks), then any session rescan;
+ *   3. move backlogged cancels, then tasks, into the SQ;
+ *   4. one io_uring_enter: submit everything and wait (or only reap) completions;
+ *   5. reap CQEs in batches: task callbacks, cancel results, the wakeup read.
+ * Callbacks that submit from the loop thread write straight into the SQ; the next
+ * iteration's single enter submits them.
+ *
+ * Wakeup: an eventfd with a read always armed in the ring (user_data URA__TAG_WAKE).
+ * A thread that pushes onto an empty inbox writes the eventfd (see inbox.c for why that
+ * is enough).
+ */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <mimalloc.h>
+
+#include "loop.h"
+#include "session.h"
+#include "task.h"
+
+#define DEFAULT_SQ 256u
+#define MAX_SQ 32768u
+#define MAX_CQ 1048576u
+#define REAP_BATCH 64u
+#define FREE_DRAIN_NS (5ull * 1000 * 1000 * 1000)
+
+uint64_t ura__now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int ura__vec_push(struct ura__vec *v, const void *item, size_t size)
+{
+	if (v->len == v->cap) {
+		uint32_t cap = v->cap ? v->cap * 2 : 64;
+		void *grown = mi_realloc(v->items, (size_t)cap * size);
+		if (!grown)
+			return -ENOMEM;
+		v->items = grown;
+		v->cap = cap;
+	}
+	memcpy((char *)v->items + (size_t)v->len * size, item, size);
+	v->len++;
+	return 0;
+}
+
+void ura__vec_free(struct ura__vec *v)
+{
+	mi_free(v->items);
+	memset(v, 0, sizeof(*v));
+}
+
+/* ------------------------------------------------------------- setup */
+
+static int validate_config(const struct ura_loop_config *cfg, unsigned *sq, unsigned *cq)
+{
+	*sq = DEFAULT_SQ;
+	*cq = 0;
+	if (!cfg)
+		return 0;
+	for (size_t i = 0; i < sizeof(cfg->reserved) / sizeof(cfg->reserved[0]); i++)
+		if (cfg->reserved[i])
+			return -EINVAL;
+	if (cfg->flags & ~(uint32_t)(URA_LOOP_NO_DEFER_TASKRUN | URA_LOOP_NO_COOP_TASKRUN))
+		return -EINVAL;
+	if (cfg->sq_entries > MAX_SQ || cfg->cq_entries > MAX_CQ)
+		return -EINVAL;
+	if (cfg->sq_entries)
+		*sq = cfg->sq_entries;
+	if (cfg->cq_entries) {
+		if (cfg->cq_entries < *sq)
+			return -EINVAL;
+		*cq = cfg->cq_entries;
+	}
+	return 0;
+}
+
+/* Tries the best setup flags first and drops the ones this kernel refuses. */
+static int ring_init(ura_loop *loop, unsigned sq, unsigned cq, uint32_t cfg_flags)
+{
+	static const struct {
+		uint32_t setup, feature, disabled_by;
+	} wanted[] = {
+		{ IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+		  URA_FEATURE_SINGLE_ISSUER | URA_FEATURE_DEFER_TASKRUN, URA_LOOP_NO_DEFER_TASKRUN },
+		{ IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG, URA_FEATURE_COOP_TASKRUN,
+		  URA_LOOP_NO_COOP_TASKRUN },
+		{ IORING_SETUP_SUBMIT_ALL, URA_FEATURE_SUBMIT_ALL, 0 },
+	};
+	enum { N = sizeof(wanted) / sizeof(wanted[0]) };
+	bool use[N];
+	for (int i = 0; i < N; i++)
+		use[i] = !(cfg_flags & wanted[i].disabled_by);
+	/* DEFER_TASKRUN and COOP_TASKRUN are alternatives for when task work runs. */
+	if (use[0])
+		use[1] = false;
+	for (;;) {
+		struct io_uring_params p;
+		memset(&p, 0, sizeof(p));
+		p.flags = IORING_SETUP_CLAMP;
+		if (cq) {
+			p.flags |= IORING_SETUP_CQSIZE;
+			p.cq_entries = cq;
+		}
+		uint32_t features = 0;
+		for (int i = 0; i < N; i++)
+			if (use[i]) {
+				p.flags |= wanted[i].setup;
+				features |= wanted[i].feature;
+			}
+		int r = io_uring_queue_init_params(sq, &loop->ring, &p);
+		if (r == 0) {
+			loop->features = features |
+				((p.features & IORING_FEAT_NODROP) ? URA_FEATURE_NODROP : 0);
+			loop->sq_entries = p.sq_entries;
+			return 0;
+		}
+		if (r != -EINVAL)
+			return r;
+		/* Drop the newest feature still in use, or fall back from DEFER to COOP. */
+		int i = N - 1;
+		while (i >= 0 && !use[i])
+			i--;
+		if (i < 0)
+			return r;
+		use[i] = false;
+		if (i == 0 && !(cfg_flags & URA_LOOP_NO_COOP_TASKRUN))
+			use[1] = true;
+	}
+}
+
+static void arm_wake(ura_loop *loop)
+{
+	if (loop->wake_armed || loop->freeing_ring)
+		return;
+	struct io_uring_sqe *q = ura__loop_cancel_sqe(loop);
+	if (!q)
+		return; /* retried next iteration */
+	io_uring_prep_read(q, loop->wake_fd, &loop->wake_buf, sizeof(loop->wake_buf), 0);
+	io_uring_sqe_set_data64(q, URA__TAG_WAKE);
+	loop->wake_armed = true;
+}
+
+static _Atomic uint32_t next_loop_tag;
+
+int ura_loop_new(const struct ura_loop_config *cfg, ura_loop **out)
+{
+	if (!out)
+		return -EINVAL;
+	unsigned sq, cq;
+	int r = validate_config(cfg, &sq, &cq);
+	if (r < 0)
+		return r;
+	ura_loop *loop = mi_zalloc_aligned(sizeof(*loop), 64);
+	if (!loop)
+		return -ENOMEM;
+	loop->owner = pthread_self();
+	/* Relaxed: the tag only has to differ between loops alive together, mostly. */
+	uint32_t tag = atomic_fetch_add_explicit(&next_loop_tag, 1, memory_order_relaxed) % 255 + 1;
+	ura__registry_init(&loop->registry, tag);
+	pthread_mutex_init(&loop->sessions_lock, NULL);
+	loop->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (loop->wake_fd < 0) {
+		r = -errno;
+		goto err_loop;
+	}
+	r = ring_init(loop, sq, cq ? cq : sq * 8, cfg ? cfg->flags : 0);
+	if (r < 0)
+		goto err_fd;
+	/* Cancels may always use the last eighth of the SQ (at least one entry). */
+	loop->cancel_headroom = loop->sq_entries / 8 ? loop->sq_entries / 8 : 1;
+	r = ura__session_shared_new(loop, &loop->shared);
+	if (r < 0)
+		goto err_ring;
+	arm_wake(loop);
+	*out = loop;
+	return 0;
+err_ring:
+	io_uring_queue_exit(&loop->ring);
+err_fd:
+	close(loop->wake_fd);
+err_loop:
+	pthread_mutex_destroy(&loop->sessions_lock);
+	mi_free(loop);
+	return r;
+}
+
+struct io_uring *ura_loop_ring(ura_loop *loop)
+{
+	return loop ? &loop->ring : NULL;
+}
+
+uint32_t ura_loop_features(ura_loop *loop)
+{
+	return loop ? loop->features : 0;
+}
+
+/* --------------------------------------------------------- cross-thread */
+
+void ura__loop_wake(ura_loop *loop)
+{
+	uint64_t one = 1;
+	/* EAGAIN means the counter is already non-zero: a wakeup is pending anyway. */
+	ssize_t n = write(loop->wake_fd, &one, sizeof(one));
+	(void)n;
+}
+
+void ura__loop_send(ura_loop *loop, struct ura__cmd *cmd)
+{
+	if (ura__inbox_push(&loop->inbox, &cmd->node) && !ura__on_loop(loop))
+		ura__loop_wake(loop);
+}
+
+int ura__loop_defer(ura_loop *loop, uint8_t kind, ura_task t, ura_session *s)
+{
+	struct ura__deferred d = { .kind = kind, .task = t, .session = s };
+	return ura__vec_push(&loop->deferred, &d, sizeof(d));
+}
+
+void ura_loop_stop(ura_loop *loop)
+{
+	if (!loop)
+		return;
+	/* Release: pairs with the loop's acquire load; nothing else to order. */
+	atomic_store_explicit(&loop->stop, true, memory_order_release);
+	if (!ura__on_loop(loop))
+		ura__loop_wake(loop);
+}
+
+int ura_loop_post(ura_loop *loop, void (*fn)(void *arg), void *arg)
+{
+	if (!loop || !fn)
+		return -EINVAL;
+	struct ura__cmd *cmd = mi_malloc(sizeof(*cmd));
+	if (!cmd)
+		return -ENOMEM;
+	cmd->kind = URA__CMD_POST;
+	cmd->fn = (void *)fn;
+	cmd->arg = arg;
+	ura__loop_send(loop, cmd);
+	return 0;
+}
+
+struct io_uring_sqe *ura__loop_task_sqe(ura_loop *loop)
+{
+	if (io_uring_sq_space_left(&loop->ring) <= loop->cancel_headroom)
+		return NULL;
+	return io_uring_get_sqe(&loop->ring);
+}
+
+struct io_uring_sqe *ura__loop_cancel_sqe(ura_loop *loop)
+{
+	return io_uring_get_sqe(&loop->ring);
+}
+
+/* ------------------------------------------------------------ iteration */
+
+static unsigned run_commands(ura_loop *loop)
+{
+	unsigned n = 0;
+	struct ura__inbox_node *node = ura__inbox_take(&loop->inbox);
+	while (node) {
+		struct ura__cmd *cmd = (struct ura__cmd *)node;
+		node = node->next;
+		n++;
+		switch (cmd->kind) {
+		case URA__CMD_SUBMIT:
+		case URA__CMD_CANCEL:
+		case URA__CMD_RESUME:
+			ura__task_command(loop, cmd);
+			break;
+		case URA__CMD_POST: {
+			void (*fn)(void *) = (void (*)(void *))cmd->fn;
+			void *arg = cmd->arg;
+			mi_free(cmd);
+			fn(arg);
+			break;
+		}
+		case URA__CMD_SESSION:
+			ura__session_check(cmd->session);
+			ura_session_unref(cmd->session);
+			mi_free(cmd);
+			break;
+		default: /* GET_TASKS, FLUSH */
+			ura__session_command(cmd);
+			break;
+		}
+	}
+	return n;
+}
+
+static unsigned run_deferred(ura_loop *loop)
+{
+	/* Swap first: work deferred while these run waits for the next drain. */
+	struct ura__vec batch = loop->deferred;
+	loop->deferred = loop->deferred_alt;
+	loop->deferred.len = 0;
+	for (uint32_t i = 0; i < batch.len; i++) {
+		struct ura__deferred *d = (struct ura__deferred *)batch.items + i;
+		if (d->kind == URA__DEFER_CANCELLED) {
+			ura__task_deferred_cancel(loop, d->task);
+		} else {
+			ura__session_check(d->session);
+			ura_session_unref(d->session);
+		}
+	}
+	unsigned n = batch.len;
+	batch.len = 0;
+	loop->deferred_alt = batch;
+	/* Acquire: pairs with the release store of a notifier that could not allocate. */
+	if (atomic_exchange_explicit(&loop->sessions_dirty, false, memory_order_acquire))
+		ura__session_rescan(loop);
+	return n;
+}
+
+static void internal_cqe(ura_loop *loop, uint64_t user_data, int32_t res)
+{
+	if (user_data == URA__TAG_WAKE) {
+		loop->wake_armed = false;
+		arm_wake(loop);
+		return;
+	}
+	if ((user_data & URA__TAG_CANCEL) == URA__TAG_CANCEL) {
+		ura_session *s = (ura_session *)(uintptr_t)(user_data & ~URA__TAG_CANCEL);
+		ura__session_cancel_reaped(s, res);
+	}
+}
+
+/* Reaps every CQE there is, in batches, copying each batch out before running callbacks
+ * so the kernel may reuse the CQ entries while they run. */
+static unsigned reap(ura_loop *loop)
+{
+	unsigned total = 0;
+	struct io_uring_cqe *cqes[REAP_BATCH];
+	struct { uint64_t data; int32_t res; uint32_t flags; } batch[REAP_BATCH];
+	for (;;) {
+		unsigned n = io_uring_peek_batch_cqe(&loop->ring, cqes, REAP_BATCH);
+		if (n == 0)
+			break;
+		for (unsigned i = 0; i < n; i++) {
+			batch[i].data = cqes[i]->user_data;
+			batch[i].res = cqes[i]->res;
+			batch[i].flags = cqes[i]->flags;
+		}
+		io_uring_cq_advance(&loop->ring, n);
+		for (unsigned i = 0; i < n; i++) {
+			if (batch[i].data & URA__TAG_BIT)
+				internal_cqe(loop, batch[i].data, batch[i].res);
+			else
+				ura__task_cqe(loop, batch[i].data, batch[i].res, batch[i].flags);
+		}
+		total += n;
+		if (n < REAP_BATCH)
+			break;
+	}
+	return total;
+}
+
+static bool must_not_block(ura_loop *loop)
+{
+	return loop->deferred.len || !ura__inbox_empty(&loop->inbox) ||
+	       atomic_load_explicit(&loop->stop, memory_order_acquire) ||
+	       io_uring_cq_has_overflow(&loop->ring) || io_uring_cq_ready(&loop->ring);
+}
+
+static int enter(ura_loop *loop, bool wait, const struct __kernel_timespec *timeout)
+{
+	int r;
+	if (wait && timeout) {
+		struct io_uring_cqe *cqe;
+		r = io_uring_submit_and_wait_timeout(&loop->ring, &cqe, 1,
+						     (struct __kernel_timespec *)timeout, NULL);
+		if (r == -ETIME)
+			r = 0;
+	} else if (wait) {
+		r = io_uring_submit_and_wait(&loop->ring, 1);
+	} else {
+		r = io_uring_submit_and_get_events(&loop->ring);
+	}
+	if (r >= 0)
+		return 0;
+	switch (r) {
+	case -EINTR:  /* a signal: just go round again */
+	case -EAGAIN: /* kernel resources: SQEs stay queued, retried next iteration */
+	case -EBUSY:  /* CQ overflow backlog: reap first, SQEs stay queued */
+	case -ETIME:
+		return 0;
+	default:
+		return r;
+	}
+}
+
+static int iterate(ura_loop *loop, bool wait, const struct __kernel_timespec *timeout)
+{
+	if (loop->running)
+		return -EBUSY; /* run/run_once called from inside a callback */
+	loop->running++;
+	unsigned handled = run_commands(loop);
+	handled += run_deferred(loop);
+	ura__task_drain_backlog(loop);
+	arm_wake(loop);
+	bool block = wait && !handled && !must_not_block(loop);
+	int r = enter(loop, block, timeout);
+	if (r == 0)
+		handled += reap(loop);
+	loop->running--;
+	return r < 0 ? r : (int)handled;
+}
+
+int ura_loop_run_once(ura_loop *loop, bool wait)
+{
+	if (!loop)
+		return -EINVAL;
+	return iterate(loop, wait, NULL);
+}
+
+static bool has_work(ura_loop *loop)
+{
+	return loop->live_tasks || loop->cancels_in_flight || loop->active_handles ||
+	       loop->invalidating || loop->deferred.len || !ura__inbox_empty(&loop->inbox) ||
+	       loop->backlog.len || loop->cancel_backlog.len;
+}
+
+int ura_loop_run(ura_loop *loop)
+{
+	if (!loop)
+		return -EINVAL;
+	int r = 0;
+	while (!atomic_load_explicit(&loop->stop, memory_order_acquire) && has_work(loop)) {
+		r = iterate(loop, true, NULL);
+		if (r < 0)
+			break;
+		r = 0;
+	}
+	atomic_store_explicit(&loop->stop, false, memory_order_relaxed);
+	return r;
+}
+
+/* ---------------------------------------------------------------- free */
+
+static bool sessions_pending(ura_loop *loop)
+{
+	pthread_mutex_lock(&loop->sessions_lock);
+	bool any = loop->sessions != NULL;
+	pthread_mutex_unlock(&loop->sessions_lock);
+	return any;
+}
+
+/* Cancels the wakeup read so no kernel reference to the loop's memory remains. */
+static void disarm_wake(ura_loop *loop, uint64_t deadline)
+{
+	loop->freeing_ring = true;
+	if (!loop->wake_armed)
+		return;
+	struct io_uring_sqe *q = io_uring_get_sqe(&loop->ring);
+	if (!q) {
+		io_uring_submit(&loop->ring);
+		q = io_uring_get_sqe(&loop->ring);
+	}
+	if (q) {
+		io_uring_prep_cancel64(q, URA__TAG_WAKE, 0);
+		io_uring_sqe_set_data64(q, URA__TAG_BIT | 2ull);
+	}
+	const struct __kernel_timespec tick = { .tv_nsec = 100 * 1000 * 1000 };
+	while (loop->wake_armed && ura__now_ns() < deadline)
+		(void)iterate(loop, true, &tick);
+}
+
+void ura_loop_free(ura_loop *loop)
+{
+	if (!loop)
+		return;
+	loop->freeing = true;
+	ura__session_invalidate_all(loop, -ESHUTDOWN);
+	uint64_t deadline = ura__now_ns() + FREE_DRAIN_NS;
+	const struct __kernel_timespec tick = { .tv_nsec = 100 * 1000 * 1000 };
+	while ((has_work(loop) || sessions_pending(loop)) && ura__now_ns() < deadline) {
+		if (iterate(loop, true, &tick) < 0)
+			break;
+		/* Sessions created by callbacks during the drain are cancelled too. */
+		ura__session_invalidate_all(loop, -ESHUTDOWN);
+	}
+	disarm_wake(loop, deadline);
+	/* Closing the ring makes the kernel cancel and wait for anything left, so what
+	 * follows touches no memory the kernel still uses. */
+	io_uring_queue_exit(&loop->ring);
+	ura__session_abandon_all(loop);
+	for (struct ura__inbox_node *n = ura__inbox_take(&loop->inbox); n;) {
+		struct ura__cmd *cmd = (struct ura__cmd *)n;
+		n = n->next;
+		/* Only SESSION commands hold a reference; the others held a count unit,
+		 * which abandon_all has already released. */
+		if (cmd->kind == URA__CMD_SESSION)
+			ura_session_unref(cmd->session);
+		mi_free(cmd);
+	}
+	for (uint32_t i = 0; i < loop->deferred.len; i++) {
+		struct ura__deferred *d = (struct ura__deferred *)loop->deferred.items + i;
+		if (d->kind == URA__DEFER_SESSION)
+			ura_session_unref(d->session);
+	}
+	ura__session_release_shared(loop);
+	ura__vec_free(&loop->deferred);
+	ura__vec_free(&loop->deferred_alt);
+	ura__vec_free(&loop->backlog);
+	ura__vec_free(&loop->cancel_backlog);
+	ura__registry_destroy(&loop->registry);
+	close(loop->wake_fd);
+	pthread_mutex_destroy(&loop->sessions_lock);
+	mi_free(loop);
+}

@@ -1,0 +1,201 @@
+/*
+ * Op wrappers: each prepares an SQE template with liburing's helper and submits it as a
+ * task with ura_submit's callback convention.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "bufring.h"
+#include "task.h"
+
+static struct io_uring_sqe blank(void)
+{
+	struct io_uring_sqe sqe;
+	memset(&sqe, 0, sizeof(sqe));
+	return sqe;
+}
+
+int ura_nop(ura_session *s, ura_task_fn fn, void *arg, ura_task *out)
+{
+	struct io_uring_sqe sqe = blank();
+	io_uring_prep_nop(&sqe);
+	return ura_submit(s, &sqe, 0, fn, arg, out);
+}
+
+int ura_read(ura_session *s, int fd, void *buf, unsigned len, uint64_t off,
+	     ura_task_fn fn, void *arg, ura_task *out)
+{
+	struct io_uring_sqe sqe = blank();
+	io_uring_prep_read(&sqe, fd, buf, len, off);
+	return ura_submit(s, &sqe, 0, fn, arg, out);
+}
+
+int ura_write(ura_session *s, int fd, const void *buf, unsigned len, uint64_t off,
+	      ura_task_fn fn, void *arg, ura_task *out)
+{
+	struct io_uring_sqe sqe = blank();
+	io_uring_prep_write(&sqe, fd, buf, len, off);
+	return ura_submit(s, &sqe, 0, fn, arg, out);
+}
+
+int ura_readv(ura_session *s, int fd, const struct iovec *iov, unsigned n, uint64_t off,
+	      ura_task_fn fn, void *arg, ura_task *out)
+{
+	struct io_uring_sqe sqe = blank();
+	io_uring_prep_readv(&sqe, fd, iov, n, off);
+	return ura_submit(s, &sqe, 0, fn, arg, out);
+}
+
+int ura_writev(ura_session *s, int fd, const struct iovec *iov, unsigned n, uint64_t off,
+	       ura_task_fn fn, void *arg, ura_task *out)
+{
+	struct io_uring_sqe sqe = blank();
+	io_uring_prep_writev(&sqe, fd, iov, n, off);
+	return ura_submit(s, &sqe, 0, fn, arg, out);
+}
+
+int ura_recv(ura_session *s, int fd, void *buf, size_t len, int flags,
+	     ura_task_fn fn, void *arg, ura_task *out)
+{
+	struct io_uring_sqe sqe = blank();
+	io_uring_prep_recv(&sqe, fd, buf, len, flags);
+	return ura_submit(s, &sqe, 0, fn, arg, out);
+}
+
+int ura_send(ura_session *s, int fd, const void *buf, size_t len, int flags,
+	     ura_task_fn fn, void *arg, ura_task *out)
+{
+	struct io_uring_sqe sqe = blank();
+	io_uring_prep_send(&sqe, fd, buf, len, flags);
+	return ura_submit(s, &sqe, 0, fn, arg, out);
+}
+
+int ura_sendmsg(ura_session *s, int fd, const struct msghdr *msg, unsigned flags,
+		ura_task_fn fn, void *arg, ura_task *out)
+{
+	struct io_uring_sqe sqe = blank();
+	io_uring_prep_sendmsg(&sqe, fd, msg, flags);
+	return ura_submit(s, &sqe, 0, fn, arg, out);
+}
+
+int ura_recvmsg(ura_session *s, int fd, struct msghdr *msg, unsigned flags,
+		ura_task_fn fn, void *arg, ura_task *out)
+{
+	struct io_uring_sqe sqe = blank();
+	io_uring_prep_recvmsg(&sqe, fd, msg, flags);
+	return ura_submit(s, &sqe, 0, fn, arg, out);
+}
+
+int ura_accept(ura_session *s, int fd, struct sockaddr *addr, socklen_t *addrlen, int flags,
+	       ura_task_fn fn, void *arg, ura_task *out)
+{
+	if ((addr == NULL) != (addrlen == NULL))
+		return -EINVAL;
+	struct io_uring_sqe sqe = blank();
+	io_uring_prep_accept(&sqe, fd, addr, addrlen, flags);
+	return ura_submit(s, &sqe, 0, fn, arg, out);
+}
+
+int ura_accept_multishot(ura_session *s, int fd, int flags,
+			 ura_task_fn fn, void *arg, ura_task *out)
+{
+	struct io_uring_sqe sqe = blank();
+	io_uring_prep_multishot_accept(&sqe, fd, NULL, NULL, flags);
+	return ura_submit(s, &sqe, 0, fn, arg, out);
+}
+
+int ura_connect(ura_session *s, int fd, const struct sockaddr *addr, socklen_t len,
+		ura_task_fn fn, void *arg, ura_task *out)
+{
+	if (!addr)
+		return -EINVAL;
+	struct io_uring_sqe sqe = blank();
+	io_uring_prep_connect(&sqe, fd, addr, len);
+	return ura_submit(s, &sqe, 0, fn, arg, out);
+}
+
+int ura_close(ura_session *s, int fd, ura_task_fn fn, void *arg, ura_task *out)
+{
+	struct io_uring_sqe sqe = blank();
+	io_uring_prep_close(&sqe, fd);
+	return ura_submit(s, &sqe, 0, fn, arg, out);
+}
+
+int ura_openat(ura_session *s, int dfd, const char *path, int flags, unsigned mode,
+	       ura_task_fn fn, void *arg, ura_task *out)
+{
+	if (!path)
+		return -EINVAL;
+	struct io_uring_sqe sqe = blank();
+	io_uring_prep_openat(&sqe, dfd, path, flags, mode);
+	return ura_submit(s, &sqe, 0, fn, arg, out);
+}
+
+int ura_fsync(ura_session *s, int fd, unsigned flags, ura_task_fn fn, void *arg, ura_task *out)
+{
+	struct io_uring_sqe sqe = blank();
+	io_uring_prep_fsync(&sqe, fd, flags);
+	return ura_submit(s, &sqe, 0, fn, arg, out);
+}
+
+int ura_poll(ura_session *s, int fd, unsigned events, ura_task_fn fn, void *arg, ura_task *out)
+{
+	struct io_uring_sqe sqe = blank();
+	io_uring_prep_poll_add(&sqe, fd, events);
+	return ura_submit(s, &sqe, 0, fn, arg, out);
+}
+
+int ura_timeout(ura_session *s, uint64_t ns, ura_task_fn fn, void *arg, ura_task *out)
+{
+	struct __kernel_timespec ts = {
+		.tv_sec = (long long)(ns / 1000000000ull),
+		.tv_nsec = (long long)(ns % 1000000000ull),
+	};
+	struct io_uring_sqe sqe = blank();
+	/* addr is re-pointed at the runtime's copy of ts when the SQE goes to the ring. */
+	io_uring_prep_timeout(&sqe, &ts, 0, 0);
+	return ura__submit_ts(s, &sqe, 0, &ts, fn, arg, out);
+}
+
+int ura_splice(ura_session *s, int fd_in, int64_t off_in, int fd_out, int64_t off_out,
+	       unsigned len, unsigned flags, ura_task_fn fn, void *arg, ura_task *out)
+{
+	struct io_uring_sqe sqe = blank();
+	io_uring_prep_splice(&sqe, fd_in, off_in, fd_out, off_out, len, flags);
+	return ura_submit(s, &sqe, 0, fn, arg, out);
+}
+
+int ura_recv_multishot(ura_session *s, int fd, ura_buf_ring *br, int flags,
+		       ura_task_fn fn, void *arg, ura_task *out)
+{
+	if (!br)
+		return -EINVAL;
+	struct io_uring_sqe sqe = blank();
+	io_uring_prep_recv_multishot(&sqe, fd, NULL, 0, flags);
+	sqe.flags |= IOSQE_BUFFER_SELECT;
+	sqe.buf_group = ura__buf_ring_group(br);
+	return ura_submit(s, &sqe, 0, fn, arg, out);
+}
+
+/* Which get_tasks list an opcode belongs to; the table must cover every opcode. */
+static const uint8_t kind_of[IORING_OP_LAST] = {
+	[IORING_OP_READV] = URA_TASK_DOWNLOAD,
+	[IORING_OP_READ_FIXED] = URA_TASK_DOWNLOAD,
+	[IORING_OP_READ] = URA_TASK_DOWNLOAD,
+	[IORING_OP_RECV] = URA_TASK_DOWNLOAD,
+	[IORING_OP_RECVMSG] = URA_TASK_DOWNLOAD,
+	[IORING_OP_WRITEV] = URA_TASK_UPLOAD,
+	[IORING_OP_WRITE_FIXED] = URA_TASK_UPLOAD,
+	[IORING_OP_WRITE] = URA_TASK_UPLOAD,
+	[IORING_OP_SEND] = URA_TASK_UPLOAD,
+	[IORING_OP_SENDMSG] = URA_TASK_UPLOAD,
+	[IORING_OP_SEND_ZC] = URA_TASK_UPLOAD,
+	[IORING_OP_SENDMSG_ZC] = URA_TASK_UPLOAD,
+	/* every other opcode is URA_TASK_DATA (0) */
+};
+_Static_assert(sizeof(kind_of) == IORING_OP_LAST, "one kind per opcode");
+
+enum ura_task_kind ura_task_kind_of_opcode(uint8_t opcode)
+{
+	return opcode < IORING_OP_LAST ? (enum ura_task_kind)kind_of[opcode] : URA_TASK_DATA;
+}

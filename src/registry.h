@@ -1,0 +1,133 @@
+/* Lock-free task registry: slots under generation-tagged handles. See registry.c. */
+#ifndef URA_REGISTRY_H
+#define URA_REGISTRY_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <linux/time_types.h>
+
+#include "ura.h"
+
+/* Slot states, kept in the low bits of slot->gen_state; the generation is above them. */
+enum ura__slot_state {
+	URA__SLOT_FREE = 0,
+	URA__SLOT_PENDING,   /* accepted; its SQE is not in the ring yet (inbox or backlog) */
+	URA__SLOT_SUSPENDED, /* accepted with URA_SUBMIT_SUSPENDED, waiting for resume */
+	URA__SLOT_RUNNING,   /* its SQE is in the ring */
+	URA__SLOT_CANCELING, /* cancel requested; the terminal call is still to come */
+	URA__SLOT_DONE,      /* terminal call in progress; freed when it returns */
+};
+
+#define URA__STATE_BITS 3u
+#define URA__STATE_MASK ((1u << URA__STATE_BITS) - 1)
+/* The generation is 31 bits so a handle never sets bit 63 (reserved for internal tags). */
+#define URA__GEN_MASK 0x7fffffffu
+
+struct ura__cmd;
+
+/*
+ * One task. 64 bytes, one cache line. Fields marked "loop" are touched only by the loop
+ * thread once the task is accepted; gen_state is the only field other threads read.
+ */
+struct ura__slot {
+	/* (generation << 32) | state. Any thread reads; transitions are CAS or loop-owned
+	 * stores (see registry.c for the protocol). */
+	_Atomic uint64_t gen_state;
+	/* Free-list link while free; session task-list links while live (loop). Atomic
+	 * because a thread popping the free list may read a stale link (see registry.c). */
+	_Atomic uint32_t next;
+	uint32_t prev;                   /* loop: session task list */
+	uint32_t seq;                    /* loop: acceptance order within the session (flush) */
+	uint8_t opcode;                  /* for get_tasks kinds */
+	uint8_t lflags;                  /* loop: URA__TF_* */
+	uint16_t spare;
+	/* Written before the slot's state is published (release), read by any thread after
+	 * an acquire load of gen_state with a matching generation. */
+	_Atomic(ura_session *) session;
+	ura_task_fn fn;
+	void *arg;
+	union {
+		struct __kernel_timespec ts;    /* ura_timeout: the kernel reads it in flight */
+		struct ura__cmd *pending;     /* SQE copy while PENDING/SUSPENDED */
+	} u;
+};
+_Static_assert(sizeof(struct ura__slot) <= 64, "a registry slot must fit one cache line");
+
+/* Slot flags (slot->lflags), loop thread only. */
+enum {
+	URA__TF_IN_RING = 1u << 0,     /* its SQE has been handed to the ring */
+	URA__TF_TS_IN_SLOT = 1u << 1,  /* u.ts holds the timeout the SQE points at */
+	URA__TF_HAS_PENDING = 1u << 2, /* u.pending owns a heap SQE copy */
+	URA__TF_CANCEL_SENT = 1u << 3, /* an ASYNC_CANCEL for it is queued or in flight */
+	URA__TF_LINKED = 1u << 4,      /* on its session's task list */
+	URA__TF_BACKLOG = 1u << 5,     /* waiting in the loop's backlog for SQ room */
+	URA__TF_TIMEOUT = 1u << 6,     /* ura_timeout: addr must point at the slot's u.ts */
+};
+
+#define URA__CHUNK_SHIFT 12u
+#define URA__CHUNK_SLOTS (1u << URA__CHUNK_SHIFT)
+#define URA__MAX_CHUNKS 4096u /* 16M slots */
+#define URA__LOCAL_CACHE_MAX 1024u
+/* A handle's low 32 bits: the loop's tag above the slot index, so a handle from another
+ * loop is never mistaken for one of this loop's tasks. */
+#define URA__INDEX_BITS 24u
+#define URA__INDEX_MASK ((1u << URA__INDEX_BITS) - 1)
+_Static_assert(URA__CHUNK_SHIFT + 12 <= URA__INDEX_BITS, "slot indexes must fit the handle");
+
+struct ura__registry {
+	uint32_t tag; /* 1..255, set at init, part of every handle */
+	_Atomic(struct ura__slot *) chunks[URA__MAX_CHUNKS];
+	_Atomic uint32_t nchunks; /* chunk indexes handed out (some may still be filling) */
+	/* Shared free stack: (tag << 32) | (index + 1); 0 in the low half means empty.
+	 * On its own cache line: every allocating thread writes it. */
+	_Alignas(64) _Atomic uint64_t free_head;
+	/* Loop-thread free cache: no atomics needed, only the loop thread touches it. */
+	_Alignas(64) uint32_t local_head; /* index + 1, 0 = empty */
+	uint32_t local_count;
+};
+
+int ura__registry_init(struct ura__registry *r, uint32_t tag);
+void ura__registry_destroy(struct ura__registry *r);
+
+/* Allocates a slot from any thread (on_loop: the caller is the loop thread, which may use
+ * the private cache). The slot's state is FREE with a fresh generation; returns its
+ * index, or -ENOMEM. */
+int64_t ura__registry_alloc(struct ura__registry *r, bool on_loop);
+/* Returns a slot to the registry; bumps its generation first. Loop thread only. */
+void ura__registry_free(struct ura__registry *r, uint32_t index);
+
+static inline struct ura__slot *ura__registry_slot(struct ura__registry *r, uint32_t index)
+{
+	uint32_t c = index >> URA__CHUNK_SHIFT;
+	if (c >= URA__MAX_CHUNKS)
+		return NULL;
+	/* Acquire: pairs with the release store that published the chunk in grow(). */
+	struct ura__slot *chunk = atomic_load_explicit(&r->chunks[c], memory_order_acquire);
+	return chunk ? &chunk[index & (URA__CHUNK_SLOTS - 1)] : NULL;
+}
+
+static inline ura_task ura__handle_make(const struct ura__registry *r, uint32_t gen,
+					uint32_t index)
+{
+	return ((uint64_t)gen << 32) | ((uint64_t)r->tag << URA__INDEX_BITS) | index;
+}
+static inline uint32_t ura__handle_gen(ura_task t) { return (uint32_t)(t >> 32); }
+static inline uint32_t ura__handle_index(ura_task t) { return (uint32_t)t & URA__INDEX_MASK; }
+static inline uint32_t ura__handle_tag(ura_task t) { return (uint32_t)t >> URA__INDEX_BITS; }
+static inline uint32_t ura__gs_gen(uint64_t gs) { return (uint32_t)(gs >> 32); }
+static inline unsigned ura__gs_state(uint64_t gs) { return (unsigned)(gs & URA__STATE_MASK); }
+static inline uint64_t ura__gs_make(uint32_t gen, unsigned state)
+{
+	return ((uint64_t)gen << 32) | state;
+}
+
+/* The slot a handle names, or NULL when the handle is malformed or out of range. The
+ * caller still compares generations: the slot may hold a newer task. */
+static inline struct ura__slot *ura__registry_lookup(struct ura__registry *r, ura_task t)
+{
+	if (t == 0 || (t >> 63) || ura__handle_gen(t) == 0 || ura__handle_tag(t) != r->tag)
+		return NULL;
+	return ura__registry_slot(r, ura__handle_index(t));
+}
+
+#endif

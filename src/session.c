@@ -1,0 +1,684 @@
+/*
+ * Sessions: a group of tasks with URLSession's lifecycle.
+ *
+ * Counting. s->state holds, below its flag bits, the units of accepted work not yet done:
+ * tasks that are accepted and not terminal, and get_tasks/flush requests not yet answered.
+ * A unit is added only by a CAS that sees no invalidation flag (ura__session_count_get),
+ * so from the instant invalidation sets its flag, nothing new is accepted, from any
+ * thread, and everything accepted before is counted.
+ *
+ * The final event. The loop thread watches a session once it has seen its FINISH flag
+ * (s->invalidating). It emits did_become_invalid when, on the loop thread at top level
+ * (never inside another callback, never inside the invalidate call), the count is zero
+ * and no cancel CQE of the session is outstanding: every terminal call and
+ * task_did_complete has returned, and every CQE it caused has been reaped. The FINAL flag
+ * is set before the call and checked before any other callback, so it runs once, and
+ * nothing of the session runs after it.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <mimalloc.h>
+
+#include "session.h"
+#include "task.h"
+
+static void set_stat(_Atomic uint64_t *c, uint64_t v)
+{
+	/* Relaxed: single writer (loop thread), readers want a recent value, no ordering. */
+	atomic_store_explicit(c, v, memory_order_relaxed);
+}
+
+static void bump(_Atomic uint64_t *c)
+{
+	set_stat(c, atomic_load_explicit(c, memory_order_relaxed) + 1);
+}
+
+static ura_session *session_alloc(ura_loop *loop, const struct ura_session_delegate *d, void *ctx)
+{
+	ura_session *s = mi_zalloc_aligned(sizeof(*s), 64);
+	if (!s)
+		return NULL;
+	atomic_init(&s->state, 0);
+	atomic_init(&s->refs, 1);
+	s->loop = loop;
+	if (d)
+		s->delegate = *d;
+	s->ctx = ctx;
+	pthread_mutex_init(&s->desc_lock, NULL);
+	return s;
+}
+
+static void session_link(ura_loop *loop, ura_session *s)
+{
+	pthread_mutex_lock(&loop->sessions_lock);
+	s->next_in_loop = loop->sessions;
+	if (loop->sessions)
+		loop->sessions->prev_in_loop = s;
+	loop->sessions = s;
+	pthread_mutex_unlock(&loop->sessions_lock);
+}
+
+static void session_unlink(ura_loop *loop, ura_session *s)
+{
+	pthread_mutex_lock(&loop->sessions_lock);
+	if (s->prev_in_loop)
+		s->prev_in_loop->next_in_loop = s->next_in_loop;
+	else
+		loop->sessions = s->next_in_loop;
+	if (s->next_in_loop)
+		s->next_in_loop->prev_in_loop = s->prev_in_loop;
+	s->next_in_loop = s->prev_in_loop = NULL;
+	pthread_mutex_unlock(&loop->sessions_lock);
+}
+
+int ura_session_new(ura_loop *loop, const struct ura_session_delegate *d, void *ctx,
+		    ura_session **out)
+{
+	if (!loop || !out)
+		return -EINVAL;
+	if (loop->freeing)
+		return -ESHUTDOWN;
+	ura_session *s = session_alloc(loop, d, ctx);
+	if (!s)
+		return -ENOMEM;
+	/* Two references: the caller's, and the loop's until the final event. */
+	atomic_store_explicit(&s->refs, 2, memory_order_relaxed);
+	session_link(loop, s);
+	*out = s;
+	return 0;
+}
+
+int ura__session_shared_new(ura_loop *loop, ura_session **out)
+{
+	ura_session *s = session_alloc(loop, NULL, NULL);
+	if (!s)
+		return -ENOMEM;
+	s->shared = true;
+	session_link(loop, s);
+	*out = s;
+	return 0;
+}
+
+ura_session *ura_session_shared(ura_loop *loop)
+{
+	return loop ? loop->shared : NULL;
+}
+
+ura_session *ura_session_ref(ura_session *s)
+{
+	if (s) /* Relaxed: taking a reference orders nothing; the holder already has one. */
+		atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+	return s;
+}
+
+void ura_session_unref(ura_session *s)
+{
+	if (!s)
+		return;
+	/* acq_rel: the last unref sees every other holder's writes before freeing. */
+	if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	while (s->barriers) {
+		struct ura__barrier *b = s->barriers;
+		s->barriers = b->next;
+		mi_free(b);
+	}
+	free(s->description);
+	pthread_mutex_destroy(&s->desc_lock);
+	mi_free(s);
+}
+
+/* ------------------------------------------------------------ counting */
+
+int ura__session_count_get(ura_session *s)
+{
+	uint64_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
+	do {
+		if (st & URA__SS_FLAGS)
+			return -ESHUTDOWN;
+		/* Acquire on success: nothing; relaxed would do for the count, but the
+		 * caller then reads s->loop, written before the session was published. */
+	} while (!atomic_compare_exchange_weak_explicit(&s->state, &st, st + 1,
+							memory_order_acquire,
+							memory_order_relaxed));
+	return 0;
+}
+
+/* Asks the loop to look at s at its next drain (holding a reference until then). */
+static void notify_loop(ura_session *s, struct ura__cmd *cmd)
+{
+	ura_loop *loop = s->loop;
+	ura_session_ref(s);
+	if (ura__on_loop(loop)) {
+		mi_free(cmd);
+		if (ura__loop_defer(loop, URA__DEFER_SESSION, 0, s) == 0)
+			return;
+		cmd = NULL;
+	}
+	if (!cmd)
+		cmd = mi_malloc(sizeof(*cmd));
+	if (!cmd) {
+		/* No memory for the message: the loop rescans its sessions instead. */
+		atomic_store_explicit(&loop->sessions_dirty, true, memory_order_release);
+		ura_session_unref(s);
+		ura__loop_wake(loop);
+		return;
+	}
+	cmd->kind = URA__CMD_SESSION;
+	cmd->session = s;
+	ura__loop_send(loop, cmd);
+}
+
+static bool last_unit_of_invalidating(uint64_t old)
+{
+	return (old & URA__SS_COUNT) == 1 && (old & URA__SS_FINISH);
+}
+
+void ura__session_count_put(ura_session *s)
+{
+	/* Release: this unit's work (callbacks, stats) happens-before a final event that
+	 * another check emits after reading the count (acquire there). */
+	uint64_t old = atomic_fetch_sub_explicit(&s->state, 1, memory_order_acq_rel);
+	if (last_unit_of_invalidating(old))
+		notify_loop(s, NULL);
+}
+
+void ura__session_count_put_remote(ura_session *s, struct ura__cmd *cmd)
+{
+	uint64_t old = atomic_fetch_sub_explicit(&s->state, 1, memory_order_acq_rel);
+	if (last_unit_of_invalidating(old))
+		notify_loop(s, cmd);
+	else
+		mi_free(cmd);
+}
+
+/* -------------------------------------------------------------- tasks */
+
+static struct ura__slot *slot_of(ura_session *s, uint32_t index1)
+{
+	return index1 ? ura__registry_slot(&s->loop->registry, index1 - 1) : NULL;
+}
+
+void ura__session_task_linked(ura_session *s, uint32_t index, struct ura__slot *slot)
+{
+	slot->seq = s->next_seq++;
+	slot->prev = s->task_tail;
+	atomic_store_explicit(&slot->next, 0, memory_order_relaxed);
+	if (s->task_tail)
+		atomic_store_explicit(&slot_of(s, s->task_tail)->next, index + 1,
+				      memory_order_relaxed);
+	else
+		s->task_head = index + 1;
+	s->task_tail = index + 1;
+	slot->lflags |= URA__TF_LINKED;
+	s->loop->live_tasks++;
+	bump(&s->stats.submitted);
+	uint64_t inflight = atomic_load_explicit(&s->stats.in_flight, memory_order_relaxed) + 1;
+	set_stat(&s->stats.in_flight, inflight);
+	if (inflight > atomic_load_explicit(&s->stats.peak_in_flight, memory_order_relaxed))
+		set_stat(&s->stats.peak_in_flight, inflight);
+}
+
+static void unlink_task(ura_session *s, struct ura__slot *slot)
+{
+	uint32_t next = atomic_load_explicit(&slot->next, memory_order_relaxed);
+	if (slot->prev)
+		atomic_store_explicit(&slot_of(s, slot->prev)->next, next, memory_order_relaxed);
+	else
+		s->task_head = next;
+	if (next)
+		slot_of(s, next)->prev = slot->prev;
+	else
+		s->task_tail = slot->prev;
+	slot->lflags &= (uint8_t)~URA__TF_LINKED;
+}
+
+/* True when no live task was accepted before sequence number limit. */
+static bool older_tasks_done(ura_session *s, uint32_t limit)
+{
+	struct ura__slot *head = slot_of(s, s->task_head);
+	return !head || (int32_t)(head->seq - limit) >= 0;
+}
+
+static void reset_stats(ura_session *s)
+{
+	struct ura__session_counters *c = &s->stats;
+	set_stat(&c->submitted, 0);
+	set_stat(&c->completed, 0);
+	set_stat(&c->cancelled, 0);
+	set_stat(&c->cancel_ok, 0);
+	set_stat(&c->cancel_enoent, 0);
+	set_stat(&c->cancel_ealready, 0);
+	set_stat(&c->peak_in_flight, atomic_load_explicit(&c->in_flight, memory_order_relaxed));
+	mi_free(s->scratch);
+	s->scratch = NULL;
+	s->scratch_cap = 0;
+}
+
+/* Runs the barriers whose tasks have all completed, oldest first. */
+static void run_due_barriers(ura_session *s)
+{
+	while (s->barriers && older_tasks_done(s, s->barriers->seq_limit)) {
+		struct ura__barrier *b = s->barriers;
+		s->barriers = b->next;
+		if (!s->barriers)
+			s->barriers_tail = NULL;
+		if (b->reset)
+			reset_stats(s);
+		if (b->fn)
+			b->fn(s, b->arg);
+		mi_free(b);
+		ura__session_count_put(s);
+	}
+}
+
+static void maybe_final(ura_session *s);
+
+void ura__session_task_finished(ura_session *s, uint32_t index, struct ura__slot *slot,
+				ura_task t, int32_t res, bool cancelled)
+{
+	ura_loop *loop = s->loop;
+	if (s->delegate.task_did_complete)
+		s->delegate.task_did_complete(s, t, res, s->ctx);
+	if (slot->lflags & URA__TF_HAS_PENDING) {
+		mi_free(slot->u.pending);
+		slot->lflags &= (uint8_t)~URA__TF_HAS_PENDING;
+	}
+	unlink_task(s, slot);
+	loop->live_tasks--;
+	ura__registry_free(&loop->registry, index);
+	bump(&s->stats.completed);
+	if (cancelled)
+		bump(&s->stats.cancelled);
+	set_stat(&s->stats.in_flight, atomic_load_explicit(&s->stats.in_flight,
+							   memory_order_relaxed) - 1);
+	run_due_barriers(s);
+	uint64_t old = atomic_fetch_sub_explicit(&s->state, 1, memory_order_acq_rel);
+	if (last_unit_of_invalidating(old) && s->invalidating)
+		maybe_final(s);
+}
+
+void ura__session_cancel_reaped(ura_session *s, int32_t res)
+{
+	if (res == 0)
+		bump(&s->stats.cancel_ok);
+	else if (res == -ENOENT)
+		bump(&s->stats.cancel_enoent);
+	else if (res == -EALREADY)
+		bump(&s->stats.cancel_ealready);
+	s->cancels_in_flight--;
+	s->loop->cancels_in_flight--;
+	if (s->invalidating)
+		maybe_final(s);
+}
+
+/* -------------------------------------------------------- invalidation */
+
+static void cancel_all(ura_session *s)
+{
+	ura_loop *loop = s->loop;
+	uint32_t i1 = s->task_head;
+	while (i1) {
+		struct ura__slot *slot = slot_of(s, i1);
+		/* Read the link first: cancelling never frees here (finishes are deferred
+		 * or come from CQEs), but keep the walk independent of that. */
+		uint32_t next = atomic_load_explicit(&slot->next, memory_order_relaxed);
+		(void)ura__task_cancel_slot(loop, i1 - 1, slot);
+		i1 = next;
+	}
+}
+
+static void maybe_final(ura_session *s)
+{
+	uint64_t st = atomic_load_explicit(&s->state, memory_order_acquire);
+	if (!s->invalidating || (st & URA__SS_FINAL) || (st & URA__SS_COUNT) ||
+	    s->cancels_in_flight)
+		return;
+	ura_loop *loop = s->loop;
+	/* Set FINAL before the call: nothing of this session may run after it. */
+	atomic_fetch_or_explicit(&s->state, URA__SS_FINAL, memory_order_acq_rel);
+	uint64_t asked = atomic_load_explicit(&s->invalidate_requested_ns, memory_order_relaxed);
+	set_stat(&s->stats.invalidate_to_final_ns, asked ? ura__now_ns() - asked : 0);
+	s->invalidating = false;
+	loop->invalidating--;
+	void (*fn)(ura_session *, int, void *) = s->delegate.did_become_invalid;
+	void *ctx = s->ctx;
+	/* References are broken: the runtime never reads the delegate or ctx again. */
+	memset(&s->delegate, 0, sizeof(s->delegate));
+	s->ctx = NULL;
+	if (fn)
+		fn(s, s->final_error, ctx);
+	session_unlink(loop, s);
+	if (!s->shared)
+		ura_session_unref(s); /* the loop's reference */
+}
+
+void ura__session_check(ura_session *s)
+{
+	uint64_t st = atomic_load_explicit(&s->state, memory_order_acquire);
+	if (!(st & URA__SS_FINISH) || (st & URA__SS_FINAL))
+		return;
+	if (!s->invalidating) {
+		s->invalidating = true;
+		s->loop->invalidating++;
+	}
+	if ((st & URA__SS_CANCEL) && !s->cancel_all_done) {
+		s->cancel_all_done = true;
+		cancel_all(s);
+	}
+	maybe_final(s);
+}
+
+static void request_invalidation(ura_session *s, uint64_t bits)
+{
+	if (!s || s->shared)
+		return;
+	uint64_t old = atomic_fetch_or_explicit(&s->state, bits, memory_order_acq_rel);
+	if ((old & bits) == bits || (old & URA__SS_FINAL))
+		return; /* nothing new for the loop to act on */
+	uint64_t zero = 0;
+	atomic_compare_exchange_strong_explicit(&s->invalidate_requested_ns, &zero, ura__now_ns(),
+						memory_order_relaxed, memory_order_relaxed);
+	notify_loop(s, NULL);
+}
+
+void ura_session_finish_tasks_and_invalidate(ura_session *s)
+{
+	request_invalidation(s, URA__SS_FINISH);
+}
+
+void ura_session_invalidate_and_cancel(ura_session *s)
+{
+	request_invalidation(s, URA__SS_FINISH | URA__SS_CANCEL);
+}
+
+bool ura_session_is_valid(ura_session *s)
+{
+	return s && !(atomic_load_explicit(&s->state, memory_order_acquire) & URA__SS_FLAGS);
+}
+
+void ura__session_invalidate_all(ura_loop *loop, int error)
+{
+	for (;;) {
+		ura_session *found = NULL;
+		pthread_mutex_lock(&loop->sessions_lock);
+		for (ura_session *s = loop->sessions; s; s = s->next_in_loop) {
+			uint64_t st = atomic_load_explicit(&s->state, memory_order_acquire);
+			if (!(st & URA__SS_CANCEL) && !(st & URA__SS_FINAL)) {
+				found = ura_session_ref(s);
+				break;
+			}
+		}
+		pthread_mutex_unlock(&loop->sessions_lock);
+		if (!found)
+			return;
+		if (!(atomic_load_explicit(&found->state, memory_order_acquire) & URA__SS_FINISH))
+			found->final_error = error;
+		atomic_fetch_or_explicit(&found->state, URA__SS_FINISH | URA__SS_CANCEL,
+					 memory_order_acq_rel);
+		uint64_t zero = 0;
+		atomic_compare_exchange_strong_explicit(&found->invalidate_requested_ns, &zero,
+							ura__now_ns(), memory_order_relaxed,
+							memory_order_relaxed);
+		ura__session_check(found);
+		ura_session_unref(found);
+	}
+}
+
+void ura__session_rescan(ura_loop *loop)
+{
+	for (;;) {
+		ura_session *found = NULL;
+		pthread_mutex_lock(&loop->sessions_lock);
+		for (ura_session *s = loop->sessions; s; s = s->next_in_loop) {
+			uint64_t st = atomic_load_explicit(&s->state, memory_order_acquire);
+			if ((st & URA__SS_FINISH) && !(st & URA__SS_FINAL) &&
+			    (!s->invalidating || ((st & URA__SS_CANCEL) && !s->cancel_all_done))) {
+				found = ura_session_ref(s);
+				break;
+			}
+		}
+		pthread_mutex_unlock(&loop->sessions_lock);
+		if (!found)
+			return;
+		ura__session_check(found);
+		ura_session_unref(found);
+	}
+}
+
+void ura__session_abandon_all(ura_loop *loop)
+{
+	/* The ring is gone: the kernel holds nothing. End what is left with -ECANCELED. */
+	for (;;) {
+		ura_session *found = NULL;
+		pthread_mutex_lock(&loop->sessions_lock);
+		found = ura_session_ref(loop->sessions);
+		pthread_mutex_unlock(&loop->sessions_lock);
+		if (!found)
+			return;
+		found->cancels_in_flight = 0;
+		while (found->task_head) {
+			uint32_t i1 = found->task_head;
+			struct ura__slot *slot = slot_of(found, i1);
+			slot->lflags &= (uint8_t)~URA__TF_IN_RING;
+			ura__task_finish_now(loop, i1 - 1, slot, -ECANCELED);
+		}
+		/* Commands still counted (get_tasks, flush) were dropped with the inbox. */
+		uint64_t st = atomic_load_explicit(&found->state, memory_order_acquire);
+		atomic_fetch_sub_explicit(&found->state, st & URA__SS_COUNT, memory_order_acq_rel);
+		if (!found->invalidating) {
+			found->invalidating = true;
+			loop->invalidating++;
+		}
+		maybe_final(found);
+		if (!(atomic_load_explicit(&found->state, memory_order_acquire) & URA__SS_FINAL))
+			session_unlink(loop, found); /* cannot happen; never loop forever */
+		ura_session_unref(found);
+	}
+}
+
+void ura__session_release_shared(ura_loop *loop)
+{
+	ura_session_unref(loop->shared);
+	loop->shared = NULL;
+}
+
+/* ------------------------------------------------------- descriptions */
+
+int ura_session_set_description(ura_session *s, const char *text)
+{
+	if (!s)
+		return -EINVAL;
+	if (!ura_session_is_valid(s))
+		return -ESHUTDOWN;
+	char *copy = NULL;
+	if (text && !(copy = strdup(text)))
+		return -ENOMEM;
+	pthread_mutex_lock(&s->desc_lock);
+	char *old = s->description;
+	s->description = copy;
+	pthread_mutex_unlock(&s->desc_lock);
+	free(old);
+	return 0;
+}
+
+size_t ura_session_description(ura_session *s, char *buf, size_t len)
+{
+	if (!s)
+		return 0;
+	pthread_mutex_lock(&s->desc_lock);
+	const char *d = s->description ? s->description : "";
+	size_t n = strlen(d);
+	if (buf && len) {
+		size_t c = n < len - 1 ? n : len - 1;
+		memcpy(buf, d, c);
+		buf[c] = '\0';
+	}
+	pthread_mutex_unlock(&s->desc_lock);
+	return n;
+}
+
+/* ----------------------------------------------- get_tasks, flush, reset */
+
+static int send_request(ura_session *s, uint8_t kind, uint8_t variant, void *fn, void *arg)
+{
+	if (!s || !fn)
+		return -EINVAL;
+	if (atomic_load_explicit(&s->state, memory_order_acquire) & URA__SS_FLAGS)
+		return -ESHUTDOWN;
+	struct ura__cmd *cmd = mi_malloc(sizeof(*cmd));
+	if (!cmd)
+		return -ENOMEM;
+	int r = ura__session_count_get(s);
+	if (r < 0) {
+		mi_free(cmd);
+		return r;
+	}
+	cmd->kind = kind;
+	cmd->variant = variant;
+	cmd->session = s;
+	cmd->fn = fn;
+	cmd->arg = arg;
+	/* Always through the inbox, also on the loop thread: the answer is asynchronous. */
+	ura__loop_send(s->loop, cmd);
+	return 0;
+}
+
+enum { GET_ALL, GET_BY_KIND, BARRIER_FLUSH, BARRIER_RESET };
+
+int ura_session_get_all_tasks(ura_session *s,
+			      void (*fn)(ura_session *, const ura_task *, size_t, void *),
+			      void *arg)
+{
+	return send_request(s, URA__CMD_GET_TASKS, GET_ALL, (void *)fn, arg);
+}
+
+int ura_session_get_tasks(ura_session *s,
+			  void (*fn)(ura_session *, const ura_task *, size_t, const ura_task *,
+				     size_t, const ura_task *, size_t, void *),
+			  void *arg)
+{
+	return send_request(s, URA__CMD_GET_TASKS, GET_BY_KIND, (void *)fn, arg);
+}
+
+int ura_session_flush(ura_session *s, void (*fn)(ura_session *, void *), void *arg)
+{
+	return send_request(s, URA__CMD_FLUSH, BARRIER_FLUSH, (void *)fn, arg);
+}
+
+int ura_session_reset(ura_session *s, void (*fn)(ura_session *, void *), void *arg)
+{
+	return send_request(s, URA__CMD_FLUSH, BARRIER_RESET, (void *)fn, arg);
+}
+
+/* Lists live tasks that are neither cancelling nor done; by kind when by_kind
+ * (data first, then upload, then download). Returns the count, or -ENOMEM. */
+static int64_t collect(ura_session *s, bool by_kind, size_t counts[3])
+{
+	size_t n = 0;
+	for (uint32_t i1 = s->task_head; i1;
+	     i1 = atomic_load_explicit(&slot_of(s, i1)->next, memory_order_relaxed))
+		n++;
+	if (n > s->scratch_cap) {
+		ura_task *grown = mi_realloc(s->scratch, n * sizeof(ura_task));
+		if (!grown)
+			return -ENOMEM;
+		s->scratch = grown;
+		s->scratch_cap = n;
+	}
+	size_t out = 0;
+	counts[0] = counts[1] = counts[2] = 0;
+	for (int pass = 0; pass < (by_kind ? 3 : 1); pass++) {
+		for (uint32_t i1 = s->task_head; i1;) {
+			struct ura__slot *slot = slot_of(s, i1);
+			uint64_t gs = atomic_load_explicit(&slot->gen_state, memory_order_acquire);
+			unsigned st = ura__gs_state(gs);
+			bool listed = st != URA__SLOT_CANCELING && st != URA__SLOT_DONE;
+			if (listed && by_kind)
+				listed = (int)ura_task_kind_of_opcode(slot->opcode) == pass;
+			if (listed) {
+				s->scratch[out++] = ura__handle_make(&s->loop->registry,
+								     ura__gs_gen(gs), i1 - 1);
+				counts[pass]++;
+			}
+			i1 = atomic_load_explicit(&slot->next, memory_order_relaxed);
+		}
+	}
+	return (int64_t)out;
+}
+
+void ura__session_command(struct ura__cmd *cmd)
+{
+	ura_session *s = cmd->session;
+	if (cmd->kind == URA__CMD_GET_TASKS) {
+		size_t c[3];
+		int64_t n = collect(s, cmd->variant == GET_BY_KIND, c);
+		if (n < 0)
+			n = 0, c[0] = c[1] = c[2] = 0; /* no memory: an empty answer, still once */
+		if (cmd->variant == GET_ALL) {
+			void (*fn)(ura_session *, const ura_task *, size_t, void *) = cmd->fn;
+			fn(s, s->scratch, (size_t)n, cmd->arg);
+		} else {
+			void (*fn)(ura_session *, const ura_task *, size_t, const ura_task *, size_t,
+				   const ura_task *, size_t, void *) = cmd->fn;
+			fn(s, s->scratch, c[0], s->scratch + c[0], c[1], s->scratch + c[0] + c[1],
+			   c[2], cmd->arg);
+		}
+		mi_free(cmd);
+		ura__session_count_put(s);
+		return;
+	}
+	/* FLUSH / RESET: a barrier behind every task accepted so far. The command's memory
+	 * becomes the barrier (same size class is not needed: allocate a small one). */
+	struct ura__barrier *b = mi_malloc(sizeof(*b));
+	if (!b) {
+		/* No memory to wait: answer now only if nothing is pending, else retry. */
+		if (older_tasks_done(s, s->next_seq)) {
+			if (cmd->variant == BARRIER_RESET)
+				reset_stats(s);
+			((void (*)(ura_session *, void *))cmd->fn)(s, cmd->arg);
+			mi_free(cmd);
+			ura__session_count_put(s);
+		} else {
+			ura__loop_send(s->loop, cmd); /* try again next drain */
+		}
+		return;
+	}
+	b->next = NULL;
+	b->seq_limit = s->next_seq;
+	b->reset = cmd->variant == BARRIER_RESET;
+	b->fn = (void (*)(ura_session *, void *))cmd->fn;
+	b->arg = cmd->arg;
+	mi_free(cmd);
+	if (s->barriers_tail)
+		s->barriers_tail->next = b;
+	else
+		s->barriers = b;
+	s->barriers_tail = b;
+	run_due_barriers(s);
+}
+
+int ura_session_stats(ura_session *s, struct ura_session_stats *out)
+{
+	if (!s || !out)
+		return -EINVAL;
+	const struct ura__session_counters *c = &s->stats;
+#define LOAD(f) atomic_load_explicit(&c->f, memory_order_relaxed)
+	*out = (struct ura_session_stats){
+		.submitted = LOAD(submitted),
+		.completed = LOAD(completed),
+		.cancelled = LOAD(cancelled),
+		.cancel_ok = LOAD(cancel_ok),
+		.cancel_enoent = LOAD(cancel_enoent),
+		.cancel_ealready = LOAD(cancel_ealready),
+		.in_flight = LOAD(in_flight),
+		.peak_in_flight = LOAD(peak_in_flight),
+		.invalidate_to_final_ns = LOAD(invalidate_to_final_ns),
+	};
+#undef LOAD
+	return 0;
+}

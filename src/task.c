@@ -1,0 +1,543 @@
+/*
+ * Tasks: one io_uring submission each, living in a registry slot.
+ *
+ * Life of a task (slot state in gen_state, see registry.h):
+ *   accepted on the loop thread:  RUNNING (SQE in the SQ) or PENDING (SQ full: backlog)
+ *                                 or SUSPENDED;
+ *   accepted on another thread:   PENDING or SUSPENDED, plus a SUBMIT command that the
+ *                                 loop turns into the above;
+ *   cancel (any thread):          CAS to CANCELING; the loop then sends ASYNC_CANCEL (in
+ *                                 the ring) or finishes it with -ECANCELED (not in it);
+ *   terminal CQE:                 DONE while the callbacks run, then FREE with the
+ *                                 generation bumped.
+ * Only the loop thread moves a task out of CANCELING or into RUNNING/DONE/FREE; other
+ * threads only CAS SUSPENDED->PENDING (resume) and *->CANCELING (cancel). The loop uses
+ * CAS where such a move can race with it (PENDING->RUNNING) and plain stores where the
+ * outcome is the same whichever comes first (DONE, FREE: a cancel racing those finds a
+ * finished task and answers -ENOENT, or succeeds first and the task reports its real
+ * result, which the contract allows).
+ */
+#include <errno.h>
+#include <string.h>
+
+#include <mimalloc.h>
+
+#include "session.h"
+#include "task.h"
+
+static uint64_t load_gs(struct ura__slot *slot)
+{
+	/* Acquire: pairs with the release store that published the state, so the slot's
+	 * other fields (session, fn, arg) written before it are visible. */
+	return atomic_load_explicit(&slot->gen_state, memory_order_acquire);
+}
+
+static void set_state(struct ura__slot *slot, uint32_t gen, unsigned state)
+{
+	/* Release: publishes the slot's fields with the new state (see load_gs). */
+	atomic_store_explicit(&slot->gen_state, ura__gs_make(gen, state), memory_order_release);
+}
+
+static bool cas_state(struct ura__slot *slot, uint32_t gen, unsigned from, unsigned to)
+{
+	uint64_t want = ura__gs_make(gen, from);
+	/* acq_rel: the loser re-reads a state published by the winner. */
+	return atomic_compare_exchange_strong_explicit(&slot->gen_state, &want,
+						       ura__gs_make(gen, to),
+						       memory_order_acq_rel, memory_order_acquire);
+}
+
+/* Copies the template into a ring SQE; the timeout's timespec moves into the slot. */
+static void fill_sqe(struct io_uring_sqe *q, const struct io_uring_sqe *tmpl,
+		     const struct __kernel_timespec *ts, struct ura__slot *slot, ura_task t)
+{
+	memcpy(q, tmpl, sizeof(*q));
+	if (slot->lflags & URA__TF_TIMEOUT) {
+		slot->u.ts = *ts;
+		q->addr = (uint64_t)(uintptr_t)&slot->u.ts;
+	}
+	io_uring_sqe_set_data64(q, t);
+	slot->lflags |= URA__TF_IN_RING;
+}
+
+static void backlog_add(ura_loop *loop, struct ura__slot *slot, ura_task t)
+{
+	slot->lflags |= URA__TF_BACKLOG;
+	if (ura__vec_push(&loop->backlog, &t, sizeof(t)) < 0) {
+		/* Out of memory with a full SQ: the task cannot be queued anywhere; it ends
+		 * with -ENOMEM rather than being lost. */
+		slot->lflags &= (uint8_t)~URA__TF_BACKLOG;
+		(void)cas_state(slot, ura__handle_gen(t), URA__SLOT_PENDING, URA__SLOT_CANCELING);
+		(void)ura__loop_defer(loop, URA__DEFER_CANCELLED, t, NULL);
+	}
+}
+
+static bool backlog_busy(ura_loop *loop)
+{
+	return loop->backlog_head < loop->backlog.len;
+}
+
+/* Keeps the SQE (and timespec) of a task that cannot go to the ring yet. Takes cmd. */
+static void keep_pending(struct ura__slot *slot, struct ura__cmd *cmd)
+{
+	slot->u.pending = cmd;
+	slot->lflags |= URA__TF_HAS_PENDING;
+}
+
+/* Moves a PENDING task with a kept SQE into the ring, or leaves it for the backlog.
+ * Returns true once it is in the ring. Loop thread. */
+static bool place_pending(ura_loop *loop, uint32_t index, struct ura__slot *slot, ura_task t)
+{
+	(void)index;
+	if (io_uring_sq_space_left(&loop->ring) <= loop->cancel_headroom)
+		return false;
+	if (!cas_state(slot, ura__handle_gen(t), URA__SLOT_PENDING, URA__SLOT_RUNNING))
+		return true; /* cancelled meanwhile: its deferred cancel finishes it */
+	struct ura__cmd *cmd = slot->u.pending;
+	struct __kernel_timespec ts = cmd->ts;
+	slot->lflags &= (uint8_t)~URA__TF_HAS_PENDING;
+	fill_sqe(io_uring_get_sqe(&loop->ring), &cmd->sqe, &ts, slot, t);
+	mi_free(cmd);
+	return true;
+}
+
+static void place_or_backlog(ura_loop *loop, uint32_t index, struct ura__slot *slot, ura_task t)
+{
+	if (backlog_busy(loop) || !place_pending(loop, index, slot, t))
+		backlog_add(loop, slot, t);
+}
+
+/* Loop-thread acceptance of a task whose slot is filled in; cmd (may be NULL for an
+ * on-loop submit) carries the SQE copy. */
+static int accept_on_loop(ura_loop *loop, uint32_t index, struct ura__slot *slot, ura_task t,
+			  const struct io_uring_sqe *sqe, const struct __kernel_timespec *ts,
+			  bool suspended)
+{
+	ura_session *s = atomic_load_explicit(&slot->session, memory_order_relaxed);
+	uint32_t gen = ura__handle_gen(t);
+	if (!suspended && !backlog_busy(loop) &&
+	    io_uring_sq_space_left(&loop->ring) > loop->cancel_headroom) {
+		/* Fast path: nobody else knows the handle yet, so no CAS is needed. */
+		fill_sqe(io_uring_get_sqe(&loop->ring), sqe, ts, slot, t);
+		set_state(slot, gen, URA__SLOT_RUNNING);
+		ura__session_task_linked(s, index, slot);
+		return 0;
+	}
+	struct ura__cmd *cmd = mi_malloc(sizeof(*cmd));
+	if (!cmd)
+		return -ENOMEM;
+	memcpy(&cmd->sqe, sqe, sizeof(*sqe));
+	if (ts)
+		cmd->ts = *ts;
+	keep_pending(slot, cmd);
+	set_state(slot, gen, suspended ? URA__SLOT_SUSPENDED : URA__SLOT_PENDING);
+	ura__session_task_linked(s, index, slot);
+	if (!suspended)
+		backlog_add(loop, slot, t);
+	return 0;
+}
+
+int ura__submit_ts(ura_session *s, const struct io_uring_sqe *sqe, unsigned flags,
+		   const struct __kernel_timespec *ts, ura_task_fn fn, void *arg, ura_task *out)
+{
+	if (!s || !sqe)
+		return -EINVAL;
+	if (flags & ~(unsigned)URA_SUBMIT_SUSPENDED)
+		return -EINVAL;
+	if (sqe->opcode >= IORING_OP_LAST)
+		return -EINVAL;
+	if (sqe->flags & (IOSQE_IO_LINK | IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS))
+		return -EINVAL;
+
+	/* Off the loop thread the command is allocated before the task is counted: every
+	 * later failure can then still tell the loop about the count it releases. */
+	/* Early out, before s->loop is touched (it may be freed once the session is final);
+	 * the authoritative check is ura__session_count_get below. */
+	if (atomic_load_explicit(&s->state, memory_order_acquire) & URA__SS_FLAGS)
+		return -ESHUTDOWN;
+	ura_loop *loop = s->loop;
+	bool suspended = flags & URA_SUBMIT_SUSPENDED;
+	struct ura__cmd *cmd = NULL;
+	bool on_loop = ura__on_loop(loop);
+	if (!on_loop) {
+		cmd = mi_malloc(sizeof(*cmd));
+		if (!cmd)
+			return -ENOMEM;
+	}
+	int r = ura__session_count_get(s);
+	if (r < 0) {
+		mi_free(cmd);
+		return r;
+	}
+	int64_t idx = ura__registry_alloc(&loop->registry, on_loop);
+	if (idx < 0) {
+		if (on_loop)
+			ura__session_count_put(s);
+		else
+			ura__session_count_put_remote(s, cmd);
+		return (int)idx;
+	}
+	uint32_t index = (uint32_t)idx;
+	struct ura__slot *slot = ura__registry_slot(&loop->registry, index);
+	uint32_t gen = ura__gs_gen(atomic_load_explicit(&slot->gen_state, memory_order_relaxed));
+	ura_task t = ura__handle_make(&loop->registry, gen, index);
+	atomic_store_explicit(&slot->session, s, memory_order_relaxed);
+	slot->fn = fn;
+	slot->arg = arg;
+	slot->opcode = sqe->opcode;
+	slot->lflags = ts ? URA__TF_TIMEOUT : 0;
+
+	if (on_loop) {
+		r = accept_on_loop(loop, index, slot, t, sqe, ts, suspended);
+		if (r < 0) {
+			ura__registry_free(&loop->registry, index);
+			ura__session_count_put(s);
+			return r;
+		}
+	} else {
+		cmd->kind = URA__CMD_SUBMIT;
+		cmd->task = t;
+		cmd->session = s;
+		memcpy(&cmd->sqe, sqe, sizeof(*sqe));
+		if (ts)
+			cmd->ts = *ts;
+		/* Published with release: the loop (and cancellers) see the slot's fields. */
+		set_state(slot, gen, suspended ? URA__SLOT_SUSPENDED : URA__SLOT_PENDING);
+		ura__loop_send(loop, cmd);
+	}
+	if (out)
+		*out = t;
+	return 0;
+}
+
+int ura_submit(ura_session *s, const struct io_uring_sqe *sqe, unsigned flags,
+	       ura_task_fn fn, void *arg, ura_task *out)
+{
+	return ura__submit_ts(s, sqe, flags, NULL, fn, arg, out);
+}
+
+/* Slot and generation state for a handle of s's loop, checked against s. NULL when the
+ * handle is not a live task of s. */
+static struct ura__slot *find(ura_session *s, ura_task t, uint64_t *gs_out)
+{
+	if (!s || ura__session_is_final(s))
+		return NULL;
+	struct ura__slot *slot = ura__registry_lookup(&s->loop->registry, t);
+	if (!slot)
+		return NULL;
+	uint64_t gs = load_gs(slot);
+	if (ura__gs_gen(gs) != ura__handle_gen(t) || ura__gs_state(gs) == URA__SLOT_FREE)
+		return NULL;
+	if (atomic_load_explicit(&slot->session, memory_order_relaxed) != s)
+		return NULL;
+	/* Re-read: if the generation still matches, the session we read was this task's. */
+	if (ura__gs_gen(load_gs(slot)) != ura__handle_gen(t))
+		return NULL;
+	*gs_out = gs;
+	return slot;
+}
+
+int ura_task_state(ura_session *s, ura_task t)
+{
+	uint64_t gs;
+	struct ura__slot *slot = find(s, t, &gs);
+	if (!slot)
+		return URA_TASK_COMPLETED;
+	switch (ura__gs_state(gs)) {
+	case URA__SLOT_SUSPENDED:
+		return URA_TASK_SUSPENDED;
+	case URA__SLOT_CANCELING:
+		return URA_TASK_CANCELING;
+	case URA__SLOT_DONE:
+		return URA_TASK_COMPLETED;
+	default:
+		return URA_TASK_RUNNING;
+	}
+}
+
+void ura__task_finish_now(ura_loop *loop, uint32_t index, struct ura__slot *slot, int32_t res)
+{
+	ura_session *s = atomic_load_explicit(&slot->session, memory_order_relaxed);
+	uint64_t gs = load_gs(slot);
+	uint32_t gen = ura__gs_gen(gs);
+	bool cancelled = ura__gs_state(gs) == URA__SLOT_CANCELING;
+	ura_task t = ura__handle_make(&loop->registry, gen, index);
+	set_state(slot, gen, URA__SLOT_DONE);
+	if (slot->fn)
+		slot->fn(s, t, res, 0, slot->arg);
+	ura__session_task_finished(s, index, slot, t, res, cancelled);
+}
+
+/* Queues an ASYNC_CANCEL for t if the SQ has room (the cancel headroom is theirs). */
+static bool cancel_sqe_try(ura_loop *loop, ura_session *s, ura_task t)
+{
+	struct io_uring_sqe *q = ura__loop_cancel_sqe(loop);
+	if (!q)
+		return false;
+	io_uring_prep_cancel64(q, t, 0);
+	io_uring_sqe_set_data64(q, URA__TAG_CANCEL | (uint64_t)(uintptr_t)s);
+	return true;
+}
+
+/* Sends (or backlogs) one per-task cancel; the session's final event waits for its CQE. */
+static void send_cancel(ura_loop *loop, ura_session *s, ura_task t)
+{
+	s->cancels_in_flight++;
+	loop->cancels_in_flight++;
+	if (cancel_sqe_try(loop, s, t))
+		return;
+	struct ura__cancel_req req = { .task = t, .session = s };
+	if (ura__vec_push(&loop->cancel_backlog, &req, sizeof(req)) < 0) {
+		/* Out of memory with a full SQ: this cancel is dropped (the task still ends
+		 * by itself); undo its accounting so the session can still finish. */
+		s->cancels_in_flight--;
+		loop->cancels_in_flight--;
+	}
+}
+
+/* Acts on a task just marked CANCELING. Loop thread. */
+static void cancel_marked(ura_loop *loop, uint32_t index, struct ura__slot *slot, ura_task t)
+{
+	(void)index;
+	if (!(slot->lflags & URA__TF_LINKED))
+		return; /* its SUBMIT is still in the inbox and will see CANCELING */
+	if (slot->lflags & URA__TF_IN_RING) {
+		if (!(slot->lflags & URA__TF_CANCEL_SENT)) {
+			slot->lflags |= URA__TF_CANCEL_SENT;
+			send_cancel(loop, atomic_load_explicit(&slot->session,
+							       memory_order_relaxed), t);
+		}
+		return;
+	}
+	/* Suspended or backlogged: it completes at once, without an SQE, at the next drain
+	 * (never inside the caller's call). */
+	if (ura__loop_defer(loop, URA__DEFER_CANCELLED, t, NULL) < 0) {
+		/* No memory to defer: finishing inline is still exactly one terminal call. */
+		ura__task_finish_now(loop, index, slot, -ECANCELED);
+	}
+}
+
+bool ura__task_cancel_slot(ura_loop *loop, uint32_t index, struct ura__slot *slot)
+{
+	for (;;) {
+		uint64_t gs = load_gs(slot);
+		unsigned st = ura__gs_state(gs);
+		if (st == URA__SLOT_FREE || st == URA__SLOT_DONE || st == URA__SLOT_CANCELING)
+			return false;
+		if (cas_state(slot, ura__gs_gen(gs), st, URA__SLOT_CANCELING)) {
+			cancel_marked(loop, index, slot,
+				      ura__handle_make(&loop->registry, ura__gs_gen(gs), index));
+			return true;
+		}
+	}
+}
+
+int ura_task_cancel(ura_session *s, ura_task t)
+{
+	if (!s || t == 0)
+		return -EINVAL;
+	uint64_t gs;
+	struct ura__slot *slot = find(s, t, &gs);
+	if (!slot)
+		return -ENOENT;
+	ura_loop *loop = s->loop;
+	bool on_loop = ura__on_loop(loop);
+	struct ura__cmd *cmd = NULL;
+	if (!on_loop) {
+		/* Allocated before the state changes: a cancel that succeeds must reach the
+		 * loop, so it cannot fail after the CAS. */
+		cmd = mi_malloc(sizeof(*cmd));
+		if (!cmd)
+			return -ENOMEM;
+	}
+	int r;
+	for (;;) {
+		unsigned st = ura__gs_state(gs);
+		if (ura__gs_gen(gs) != ura__handle_gen(t) || st == URA__SLOT_FREE ||
+		    st == URA__SLOT_DONE) {
+			r = -ENOENT;
+			break;
+		}
+		if (st == URA__SLOT_CANCELING) {
+			r = -EALREADY;
+			break;
+		}
+		if (cas_state(slot, ura__handle_gen(t), st, URA__SLOT_CANCELING)) {
+			r = 0;
+			break;
+		}
+		gs = load_gs(slot);
+	}
+	if (r < 0) {
+		mi_free(cmd);
+		return r;
+	}
+	if (on_loop) {
+		cancel_marked(loop, ura__handle_index(t), slot, t);
+	} else {
+		cmd->kind = URA__CMD_CANCEL;
+		cmd->task = t;
+		cmd->session = s;
+		ura__loop_send(loop, cmd);
+	}
+	return 0;
+}
+
+int ura_task_resume(ura_session *s, ura_task t)
+{
+	if (!s || t == 0)
+		return -EINVAL;
+	uint64_t gs;
+	struct ura__slot *slot = find(s, t, &gs);
+	if (!slot)
+		return -ENOENT;
+	ura_loop *loop = s->loop;
+	bool on_loop = ura__on_loop(loop);
+	struct ura__cmd *cmd = NULL;
+	if (!on_loop) {
+		cmd = mi_malloc(sizeof(*cmd));
+		if (!cmd)
+			return -ENOMEM;
+	}
+	if (ura__gs_state(gs) != URA__SLOT_SUSPENDED ||
+	    !cas_state(slot, ura__handle_gen(t), URA__SLOT_SUSPENDED, URA__SLOT_PENDING)) {
+		mi_free(cmd);
+		gs = load_gs(slot);
+		if (ura__gs_gen(gs) != ura__handle_gen(t) || ura__gs_state(gs) == URA__SLOT_DONE)
+			return -ENOENT;
+		return -EINVAL;
+	}
+	if (on_loop && (slot->lflags & URA__TF_LINKED)) {
+		place_or_backlog(loop, ura__handle_index(t), slot, t);
+	} else if (on_loop) {
+		/* Its SUBMIT is still in the inbox; that command will find it PENDING. */
+	} else {
+		cmd->kind = URA__CMD_RESUME;
+		cmd->task = t;
+		cmd->session = s;
+		ura__loop_send(loop, cmd);
+	}
+	return 0;
+}
+
+/* The slot a command names, if that task is still live. */
+static struct ura__slot *cmd_slot(ura_loop *loop, ura_task t, uint64_t *gs)
+{
+	struct ura__slot *slot = ura__registry_lookup(&loop->registry, t);
+	if (!slot)
+		return NULL;
+	*gs = load_gs(slot);
+	if (ura__gs_gen(*gs) != ura__handle_gen(t) || ura__gs_state(*gs) == URA__SLOT_FREE)
+		return NULL;
+	return slot;
+}
+
+static void command_submit(ura_loop *loop, struct ura__cmd *cmd)
+{
+	uint64_t gs;
+	ura_task t = cmd->task;
+	uint32_t index = ura__handle_index(t);
+	struct ura__slot *slot = cmd_slot(loop, t, &gs);
+	/* The task cannot have finished before the loop saw it: only the loop finishes. */
+	keep_pending(slot, cmd);
+	ura__session_task_linked(cmd->session, index, slot);
+	ura_session *s = cmd->session;
+	if (s->cancel_all_done) {
+		/* Accepted before the session's cancel bit was set, seen after its cancel-all
+		 * ran: cancel it like the rest. */
+		(void)ura__task_cancel_slot(loop, index, slot);
+	}
+	switch (ura__gs_state(load_gs(slot))) {
+	case URA__SLOT_CANCELING:
+		ura__task_finish_now(loop, index, slot, -ECANCELED);
+		break;
+	case URA__SLOT_PENDING:
+		place_or_backlog(loop, index, slot, t);
+		break;
+	default: /* SUSPENDED: waits for resume */
+		break;
+	}
+}
+
+void ura__task_command(ura_loop *loop, struct ura__cmd *cmd)
+{
+	uint64_t gs;
+	struct ura__slot *slot;
+	switch (cmd->kind) {
+	case URA__CMD_SUBMIT:
+		command_submit(loop, cmd); /* the slot keeps cmd as its SQE copy */
+		return;
+	case URA__CMD_CANCEL:
+		slot = cmd_slot(loop, cmd->task, &gs);
+		if (slot && ura__gs_state(gs) == URA__SLOT_CANCELING)
+			cancel_marked(loop, ura__handle_index(cmd->task), slot, cmd->task);
+		break;
+	case URA__CMD_RESUME:
+		slot = cmd_slot(loop, cmd->task, &gs);
+		if (slot && ura__gs_state(gs) == URA__SLOT_PENDING &&
+		    !(slot->lflags & (URA__TF_IN_RING | URA__TF_BACKLOG)))
+			place_or_backlog(loop, ura__handle_index(cmd->task), slot, cmd->task);
+		break;
+	default:
+		break;
+	}
+	mi_free(cmd);
+}
+
+void ura__task_deferred_cancel(ura_loop *loop, ura_task t)
+{
+	uint64_t gs;
+	struct ura__slot *slot = cmd_slot(loop, t, &gs);
+	if (slot && ura__gs_state(gs) == URA__SLOT_CANCELING && !(slot->lflags & URA__TF_IN_RING))
+		ura__task_finish_now(loop, ura__handle_index(t), slot, -ECANCELED);
+}
+
+void ura__task_cqe(ura_loop *loop, uint64_t user_data, int32_t res, uint32_t flags)
+{
+	uint64_t gs;
+	ura_task t = user_data;
+	struct ura__slot *slot = cmd_slot(loop, t, &gs);
+	if (!slot)
+		return; /* cannot happen: a task in the ring is never freed before its CQE */
+	ura_session *s = atomic_load_explicit(&slot->session, memory_order_relaxed);
+	if (flags & IORING_CQE_F_MORE) {
+		if (slot->fn)
+			slot->fn(s, t, res, flags, slot->arg);
+		return;
+	}
+	bool cancelled = ura__gs_state(gs) == URA__SLOT_CANCELING;
+	set_state(slot, ura__handle_gen(t), URA__SLOT_DONE);
+	slot->lflags &= (uint8_t)~URA__TF_IN_RING;
+	if (slot->fn)
+		slot->fn(s, t, res, flags, slot->arg);
+	ura__session_task_finished(s, ura__handle_index(t), slot, t, res, cancelled);
+}
+
+void ura__task_drain_backlog(ura_loop *loop)
+{
+	while (loop->cancel_backlog_head < loop->cancel_backlog.len) {
+		struct ura__cancel_req *req =
+			(struct ura__cancel_req *)loop->cancel_backlog.items +
+			loop->cancel_backlog_head;
+		if (!cancel_sqe_try(loop, req->session, req->task))
+			break;
+		loop->cancel_backlog_head++;
+	}
+	if (loop->cancel_backlog_head == loop->cancel_backlog.len)
+		loop->cancel_backlog.len = loop->cancel_backlog_head = 0;
+
+	while (loop->backlog_head < loop->backlog.len) {
+		ura_task t = ((ura_task *)loop->backlog.items)[loop->backlog_head];
+		uint64_t gs;
+		struct ura__slot *slot = cmd_slot(loop, t, &gs);
+		if (slot && ura__gs_state(gs) == URA__SLOT_PENDING) {
+			if (!place_pending(loop, ura__handle_index(t), slot, t))
+				break;
+		}
+		if (slot)
+			slot->lflags &= (uint8_t)~URA__TF_BACKLOG;
+		loop->backlog_head++;
+	}
+	if (loop->backlog_head == loop->backlog.len)
+		loop->backlog.len = loop->backlog_head = 0;
+}

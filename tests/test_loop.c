@@ -1,0 +1,186 @@
+/* Loop: configuration, run/run_once/stop/post, cross-thread wakeup. */
+#include <errno.h>
+#include <pthread.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+Test(loop, defaults_and_features)
+{
+	ura_loop *loop = NULL;
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	cr_assert_not_null(ura_loop_ring(loop));
+	uint32_t f = ura_loop_features(loop);
+	cr_log_info("features: 0x%x", f);
+	cr_assert(f & URA_FEATURE_NODROP, "kernel without NODROP: features 0x%x", f);
+	cr_assert_not_null(ura_session_shared(loop));
+	ura_loop_free(loop);
+	ura_loop_free(NULL);
+}
+
+Test(loop, bad_config_is_einval)
+{
+	ura_loop *loop = NULL;
+	struct ura_loop_config cfg = { 0 };
+	cr_assert_eq(ura_loop_new(NULL, NULL), -EINVAL);
+	cfg.flags = 1u << 30;
+	cr_assert_eq(ura_loop_new(&cfg, &loop), -EINVAL, "unknown flag accepted");
+	cfg = (struct ura_loop_config){ .reserved = { 0, 0, 7 } };
+	cr_assert_eq(ura_loop_new(&cfg, &loop), -EINVAL, "reserved field accepted");
+	cfg = (struct ura_loop_config){ .sq_entries = 1u << 20 };
+	cr_assert_eq(ura_loop_new(&cfg, &loop), -EINVAL, "absurd SQ accepted");
+	cfg = (struct ura_loop_config){ .sq_entries = 64, .cq_entries = 8 };
+	cr_assert_eq(ura_loop_new(&cfg, &loop), -EINVAL, "CQ smaller than SQ accepted");
+	cfg = (struct ura_loop_config){ .cq_entries = 1u << 30 };
+	cr_assert_eq(ura_loop_new(&cfg, &loop), -EINVAL, "absurd CQ accepted");
+	cr_assert_null(loop);
+	cr_assert_eq(ura_loop_run(NULL), -EINVAL);
+	cr_assert_eq(ura_loop_run_once(NULL, false), -EINVAL);
+	cr_assert_eq(ura_loop_post(NULL, NULL, NULL), -EINVAL);
+}
+
+Test(loop, fallback_without_defer_taskrun)
+{
+	ura_loop *loop = NULL;
+	struct ura_loop_config cfg = { .flags = URA_LOOP_NO_DEFER_TASKRUN };
+	cr_assert_eq(ura_loop_new(&cfg, &loop), 0);
+	cr_assert_eq(ura_loop_features(loop) & URA_FEATURE_DEFER_TASKRUN, 0);
+	_Atomic uint64_t n = 0;
+	struct th_calls c = { 0 };
+	for (int i = 0; i < 100; i++)
+		cr_assert_eq(ura_nop(ura_session_shared(loop), th_record, &c, NULL), 0);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&c.terminal), 100);
+	(void)n;
+	ura_loop_free(loop);
+}
+
+Test(loop, run_without_work_returns)
+{
+	ura_loop *loop = NULL;
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	/* An idle loop (and an idle session) is not work: run returns at once. */
+	ura_session *s = NULL;
+	cr_assert_eq(ura_session_new(loop, NULL, NULL, &s), 0);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	ura_session_unref(s);
+	ura_loop_free(loop);
+}
+
+static void count_post(void *arg)
+{
+	atomic_fetch_add((_Atomic uint64_t *)arg, 1);
+}
+
+Test(loop, post_runs_once_on_loop_thread_never_inline)
+{
+	ura_loop *loop = NULL;
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	_Atomic uint64_t n = 0;
+	cr_assert_eq(ura_loop_post(loop, count_post, &n), 0);
+	cr_assert_eq(atomic_load(&n), 0, "post ran inside the call");
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&n), 1);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&n), 1, "post ran twice");
+	ura_loop_free(loop);
+}
+
+struct poster {
+	ura_loop *loop;
+	_Atomic uint64_t *count;
+	int n;
+};
+
+static void *post_many(void *arg)
+{
+	struct poster *p = arg;
+	for (int i = 0; i < p->n; i++)
+		while (ura_loop_post(p->loop, count_post, p->count) != 0)
+			;
+	return NULL;
+}
+
+Test(loop, posts_from_many_threads_all_run)
+{
+	ura_loop *loop = NULL;
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	_Atomic uint64_t n = 0;
+	enum { THREADS = 4, EACH = 20000 };
+	pthread_t th[THREADS];
+	struct poster p = { loop, &n, EACH };
+	for (int i = 0; i < THREADS; i++)
+		pthread_create(&th[i], NULL, post_many, &p);
+	uint64_t got = th_run_until_count(loop, &n, THREADS * EACH, 60000);
+	for (int i = 0; i < THREADS; i++)
+		pthread_join(th[i], NULL);
+	got = th_run_until_count(loop, &n, THREADS * EACH, 10000);
+	cr_assert_eq(got, (uint64_t)THREADS * EACH, "ran %lu posts of %d", (unsigned long)got,
+		     THREADS * EACH);
+	ura_loop_free(loop);
+}
+
+static void *stop_later(void *arg)
+{
+	usleep(50 * 1000);
+	ura_loop_stop(arg);
+	return NULL;
+}
+
+static void noop_cb(ura_session *s, ura_task t, int32_t res, uint32_t f, void *a)
+{
+	(void)s, (void)t, (void)res, (void)f;
+	atomic_store((_Atomic int32_t *)a, res);
+}
+
+Test(loop, stop_from_another_thread_wakes_a_blocked_run)
+{
+	ura_loop *loop = NULL;
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	_Atomic int32_t res = 1;
+	/* A long timeout keeps run blocked in the kernel until stop wakes it. */
+	ura_task t;
+	cr_assert_eq(ura_timeout(ura_session_shared(loop), 60ull * 1000000000ull, noop_cb, &res, &t), 0);
+	pthread_t th;
+	pthread_create(&th, NULL, stop_later, loop);
+	uint64_t start = th_now_ms();
+	cr_assert_eq(ura_loop_run(loop), 0);
+	pthread_join(th, NULL);
+	cr_assert_lt(th_now_ms() - start, 30000, "stop did not wake the loop");
+	cr_assert_eq(atomic_load(&res), 1, "the timeout fired early");
+	cr_assert_eq(ura_task_cancel(ura_session_shared(loop), t), 0);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&res), -ECANCELED, "res %d", atomic_load(&res));
+	ura_loop_free(loop);
+}
+
+Test(loop, stop_before_run_returns_at_once)
+{
+	ura_loop *loop = NULL;
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	_Atomic int32_t res = 1;
+	cr_assert_eq(ura_timeout(ura_session_shared(loop), 60ull * 1000000000ull, noop_cb, &res, NULL), 0);
+	ura_loop_stop(loop);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	/* free cancels the timeout and drains it: its terminal call runs. */
+	ura_loop_free(loop);
+	cr_assert_eq(atomic_load(&res), -ECANCELED, "res %d", atomic_load(&res));
+}
+
+static void reenter(ura_session *s, ura_task t, int32_t res, uint32_t f, void *a)
+{
+	(void)t, (void)res, (void)f, (void)s;
+	ura_loop *loop = a;
+	cr_assert_eq(ura_loop_run_once(loop, false), -EBUSY, "run_once is not reentrant");
+}
+
+Test(loop, run_once_inside_callback_is_ebusy)
+{
+	ura_loop *loop = NULL;
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	cr_assert_eq(ura_nop(ura_session_shared(loop), reenter, loop, NULL), 0);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	ura_loop_free(loop);
+}

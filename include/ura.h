@@ -254,6 +254,31 @@ int ura_session_reset(ura_session *s, void (*fn)(ura_session *, void *), void *a
 /* A snapshot of the session's counters. Any thread. */
 int ura_session_stats(ura_session *s, struct ura_session_stats *out);
 
+/* -------------------------------------------------------------- messages */
+
+/* An immutable, refcounted byte payload: what connections carry. */
+typedef struct ura_msg ura_msg;
+
+/*
+ * A message holding a copy of data[0, len). len 0 is valid (data may then be NULL). The
+ * caller owns the one reference and drops it with ura_msg_unref. -EINVAL if out is NULL
+ * or data is NULL with len > 0; -EMSGSIZE if len is over the wire format's limit
+ * (UINT32_MAX bytes; a connection may enforce a smaller one); -ENOMEM. Any thread.
+ */
+int ura_msg_new(const void *data, size_t len, ura_msg **out);
+/* Takes one more reference on m; returns m. NULL is fine. Any thread. */
+ura_msg *ura_msg_ref(ura_msg *m);
+/* Drops one reference; the last one frees m. NULL is fine. Any thread. */
+void ura_msg_unref(ura_msg *m);
+/* The payload, len bytes, aligned for any type, valid while the caller holds a reference.
+ * Never NULL for a message (also when len is 0); NULL for NULL. Any thread. */
+const void *ura_msg_data(const ura_msg *m);
+/* The payload's length in bytes; 0 for NULL. Any thread. */
+size_t ura_msg_len(const ura_msg *m);
+/* True for a received message whose sender waits for an answer (ura_conn_reply); false
+ * for a message made by ura_msg_new, and for NULL. Any thread. */
+bool ura_msg_expects_reply(const ura_msg *m);
+
 #pragma GCC visibility pop
 
 #ifdef __cplusplus

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include <mimalloc.h>
+#include "alloc.h"
 
 #include "bufring.h"
 #include "loop.h"
@@ -27,7 +27,7 @@ int ura_buf_ring_new(ura_loop *loop, uint16_t bgid, unsigned nbufs, unsigned buf
 	if (!loop || !out || nbufs == 0 || nbufs > 32768 || (nbufs & (nbufs - 1)) ||
 	    buf_size == 0 || buf_size > (1u << 24))
 		return -EINVAL;
-	ura_buf_ring *br = mi_zalloc(sizeof(*br));
+	ura_buf_ring *br = ura__zalloc(sizeof(*br));
 	if (!br)
 		return -ENOMEM;
 	size_t ring_len = (size_t)nbufs * sizeof(struct io_uring_buf);
@@ -36,7 +36,7 @@ int ura_buf_ring_new(ura_loop *loop, uint16_t bgid, unsigned nbufs, unsigned buf
 	void *map = mmap(NULL, br->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 			 -1, 0);
 	if (map == MAP_FAILED) {
-		mi_free(br);
+		ura__free(br);
 		return -ENOMEM;
 	}
 	br->loop = loop;
@@ -54,7 +54,7 @@ int ura_buf_ring_new(ura_loop *loop, uint16_t bgid, unsigned nbufs, unsigned buf
 	int r = io_uring_register_buf_ring(&loop->ring, &reg, 0);
 	if (r < 0) {
 		munmap(map, br->map_len);
-		mi_free(br);
+		ura__free(br);
 		return r;
 	}
 	io_uring_buf_ring_init(br->ring);
@@ -73,7 +73,7 @@ void ura_buf_ring_free(ura_buf_ring *br)
 		return;
 	(void)io_uring_unregister_buf_ring(&br->loop->ring, br->bgid);
 	munmap(br->ring, br->map_len);
-	mi_free(br);
+	ura__free(br);
 }
 
 void *ura_buf_ring_buffer(ura_buf_ring *br, uint32_t cqe_flags)

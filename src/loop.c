@@ -24,7 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <mimalloc.h>
+#include "alloc.h"
 
 #include "loop.h"
 #include "session.h"
@@ -47,7 +47,7 @@ int ura__vec_push(struct ura__vec *v, const void *item, size_t size)
 {
 	if (v->len == v->cap) {
 		uint32_t cap = v->cap ? v->cap * 2 : 64;
-		void *grown = mi_realloc(v->items, (size_t)cap * size);
+		void *grown = ura__realloc(v->items, (size_t)cap * size);
 		if (!grown)
 			return -ENOMEM;
 		v->items = grown;
@@ -60,7 +60,7 @@ int ura__vec_push(struct ura__vec *v, const void *item, size_t size)
 
 void ura__vec_free(struct ura__vec *v)
 {
-	mi_free(v->items);
+	ura__free(v->items);
 	memset(v, 0, sizeof(*v));
 }
 
@@ -165,7 +165,7 @@ int ura_loop_new(const struct ura_loop_config *cfg, ura_loop **out)
 	int r = validate_config(cfg, &sq, &cq);
 	if (r < 0)
 		return r;
-	ura_loop *loop = mi_zalloc_aligned(sizeof(*loop), 64);
+	ura_loop *loop = ura__zalloc_aligned(sizeof(*loop), 64);
 	if (!loop)
 		return -ENOMEM;
 	loop->owner = pthread_self();
@@ -195,7 +195,7 @@ err_fd:
 	close(loop->wake_fd);
 err_loop:
 	pthread_mutex_destroy(&loop->sessions_lock);
-	mi_free(loop);
+	ura__free(loop);
 	return r;
 }
 
@@ -245,7 +245,7 @@ int ura_loop_post(ura_loop *loop, void (*fn)(void *arg), void *arg)
 {
 	if (!loop || !fn)
 		return -EINVAL;
-	struct ura__cmd *cmd = mi_malloc(sizeof(*cmd));
+	struct ura__cmd *cmd = ura__malloc(sizeof(*cmd));
 	if (!cmd)
 		return -ENOMEM;
 	cmd->kind = URA__CMD_POST;
@@ -286,14 +286,14 @@ static unsigned run_commands(ura_loop *loop)
 		case URA__CMD_POST: {
 			void (*fn)(void *) = (void (*)(void *))cmd->fn;
 			void *arg = cmd->arg;
-			mi_free(cmd);
+			ura__free(cmd);
 			fn(arg);
 			break;
 		}
 		case URA__CMD_SESSION:
 			ura__session_check(cmd->session);
 			ura_session_unref(cmd->session);
-			mi_free(cmd);
+			ura__free(cmd);
 			break;
 		default: /* GET_TASKS, FLUSH */
 			ura__session_command(cmd);
@@ -506,7 +506,7 @@ void ura_loop_free(ura_loop *loop)
 		 * which abandon_all has already released. */
 		if (cmd->kind == URA__CMD_SESSION)
 			ura_session_unref(cmd->session);
-		mi_free(cmd);
+		ura__free(cmd);
 	}
 	for (uint32_t i = 0; i < loop->deferred.len; i++) {
 		struct ura__deferred *d = (struct ura__deferred *)loop->deferred.items + i;
@@ -521,5 +521,5 @@ void ura_loop_free(ura_loop *loop)
 	ura__registry_destroy(&loop->registry);
 	close(loop->wake_fd);
 	pthread_mutex_destroy(&loop->sessions_lock);
-	mi_free(loop);
+	ura__free(loop);
 }

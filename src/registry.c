@@ -40,7 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <mimalloc.h>
+#include "alloc.h"
 
 #include "registry.h"
 
@@ -59,7 +59,7 @@ void ura__registry_destroy(struct ura__registry *r)
 	if (n > URA__MAX_CHUNKS)
 		n = URA__MAX_CHUNKS;
 	for (uint32_t i = 0; i < n; i++)
-		mi_free(atomic_load_explicit(&r->chunks[i], memory_order_acquire));
+		ura__free(atomic_load_explicit(&r->chunks[i], memory_order_acquire));
 }
 
 /* Pushes the chain first..last (linked through next) onto the shared stack. */
@@ -104,7 +104,7 @@ static int64_t grow(struct ura__registry *r)
 		atomic_fetch_sub_explicit(&r->nchunks, 1, memory_order_relaxed);
 		return -ENOMEM;
 	}
-	struct ura__slot *chunk = mi_zalloc_aligned(sizeof(*chunk) * URA__CHUNK_SLOTS, 64);
+	struct ura__slot *chunk = ura__zalloc_aligned(sizeof(*chunk) * URA__CHUNK_SLOTS, 64);
 	if (!chunk) {
 		/* The index stays reserved with a NULL chunk; lookups treat it as absent. */
 		return -ENOMEM;

@@ -21,7 +21,7 @@
 #include <string.h>
 #include <time.h>
 
-#include <mimalloc.h>
+#include "alloc.h"
 
 #include "session.h"
 #include "task.h"
@@ -39,7 +39,7 @@ static void bump(_Atomic uint64_t *c)
 
 static ura_session *session_alloc(ura_loop *loop, const struct ura_session_delegate *d, void *ctx)
 {
-	ura_session *s = mi_zalloc_aligned(sizeof(*s), 64);
+	ura_session *s = ura__zalloc_aligned(sizeof(*s), 64);
 	if (!s)
 		return NULL;
 	atomic_init(&s->state, 0);
@@ -125,11 +125,11 @@ void ura_session_unref(ura_session *s)
 	while (s->barriers) {
 		struct ura__barrier *b = s->barriers;
 		s->barriers = b->next;
-		mi_free(b);
+		ura__free(b);
 	}
 	free(s->description);
 	pthread_mutex_destroy(&s->desc_lock);
-	mi_free(s);
+	ura__free(s);
 }
 
 /* ------------------------------------------------------------ counting */
@@ -154,13 +154,13 @@ static void notify_loop(ura_session *s, struct ura__cmd *cmd)
 	ura_loop *loop = s->loop;
 	ura_session_ref(s);
 	if (ura__on_loop(loop)) {
-		mi_free(cmd);
+		ura__free(cmd);
 		if (ura__loop_defer(loop, URA__DEFER_SESSION, 0, s) == 0)
 			return;
 		cmd = NULL;
 	}
 	if (!cmd)
-		cmd = mi_malloc(sizeof(*cmd));
+		cmd = ura__malloc(sizeof(*cmd));
 	if (!cmd) {
 		/* No memory for the message: the loop rescans its sessions instead. */
 		atomic_store_explicit(&loop->sessions_dirty, true, memory_order_release);
@@ -193,7 +193,7 @@ void ura__session_count_put_remote(ura_session *s, struct ura__cmd *cmd)
 	if (last_unit_of_invalidating(old))
 		notify_loop(s, cmd);
 	else
-		mi_free(cmd);
+		ura__free(cmd);
 }
 
 /* -------------------------------------------------------------- tasks */
@@ -254,7 +254,7 @@ static void reset_stats(ura_session *s)
 	set_stat(&c->cancel_enoent, 0);
 	set_stat(&c->cancel_ealready, 0);
 	set_stat(&c->peak_in_flight, atomic_load_explicit(&c->in_flight, memory_order_relaxed));
-	mi_free(s->scratch);
+	ura__free(s->scratch);
 	s->scratch = NULL;
 	s->scratch_cap = 0;
 }
@@ -271,7 +271,7 @@ static void run_due_barriers(ura_session *s)
 			reset_stats(s);
 		if (b->fn)
 			b->fn(s, b->arg);
-		mi_free(b);
+		ura__free(b);
 		ura__session_count_put(s);
 	}
 }
@@ -285,7 +285,7 @@ void ura__session_task_finished(ura_session *s, uint32_t index, struct ura__slot
 	if (s->delegate.task_did_complete)
 		s->delegate.task_did_complete(s, t, res, s->ctx);
 	if (slot->lflags & URA__TF_HAS_PENDING) {
-		mi_free(slot->u.pending);
+		ura__free(slot->u.pending);
 		slot->lflags &= (uint8_t)~URA__TF_HAS_PENDING;
 	}
 	unlink_task(s, slot);
@@ -530,12 +530,12 @@ static int send_request(ura_session *s, uint8_t kind, uint8_t variant, void *fn,
 		return -EINVAL;
 	if (atomic_load_explicit(&s->state, memory_order_acquire) & URA__SS_FLAGS)
 		return -ESHUTDOWN;
-	struct ura__cmd *cmd = mi_malloc(sizeof(*cmd));
+	struct ura__cmd *cmd = ura__malloc(sizeof(*cmd));
 	if (!cmd)
 		return -ENOMEM;
 	int r = ura__session_count_get(s);
 	if (r < 0) {
-		mi_free(cmd);
+		ura__free(cmd);
 		return r;
 	}
 	cmd->kind = kind;
@@ -543,6 +543,11 @@ static int send_request(ura_session *s, uint8_t kind, uint8_t variant, void *fn,
 	cmd->session = s;
 	cmd->fn = fn;
 	cmd->arg = arg;
+	/* A barrier covers the tasks live at the call. On the loop thread the task list is
+	 * exact now (later submits link at once, ahead of this command): remember where it
+	 * ends. From another thread, tasks that thread submitted earlier are ahead of this
+	 * command in the inbox, so the list when the command runs is the right bound. */
+	cmd->task = ura__on_loop(s->loop) ? (uint64_t)s->next_seq + 1 : 0;
 	/* Always through the inbox, also on the loop thread: the answer is asynchronous. */
 	ura__loop_send(s->loop, cmd);
 	return 0;
@@ -584,7 +589,7 @@ static int64_t collect(ura_session *s, bool by_kind, size_t counts[3])
 	     i1 = atomic_load_explicit(&slot_of(s, i1)->next, memory_order_relaxed))
 		n++;
 	if (n > s->scratch_cap) {
-		ura_task *grown = mi_realloc(s->scratch, n * sizeof(ura_task));
+		ura_task *grown = ura__realloc(s->scratch, n * sizeof(ura_task));
 		if (!grown)
 			return -ENOMEM;
 		s->scratch = grown;
@@ -628,20 +633,20 @@ void ura__session_command(struct ura__cmd *cmd)
 			fn(s, s->scratch, c[0], s->scratch + c[0], c[1], s->scratch + c[0] + c[1],
 			   c[2], cmd->arg);
 		}
-		mi_free(cmd);
+		ura__free(cmd);
 		ura__session_count_put(s);
 		return;
 	}
 	/* FLUSH / RESET: a barrier behind every task accepted so far. The command's memory
 	 * becomes the barrier (same size class is not needed: allocate a small one). */
-	struct ura__barrier *b = mi_malloc(sizeof(*b));
+	struct ura__barrier *b = ura__malloc(sizeof(*b));
 	if (!b) {
 		/* No memory to wait: answer now only if nothing is pending, else retry. */
-		if (older_tasks_done(s, s->next_seq)) {
+		if (older_tasks_done(s, cmd->task ? (uint32_t)(cmd->task - 1) : s->next_seq)) {
 			if (cmd->variant == BARRIER_RESET)
 				reset_stats(s);
 			((void (*)(ura_session *, void *))cmd->fn)(s, cmd->arg);
-			mi_free(cmd);
+			ura__free(cmd);
 			ura__session_count_put(s);
 		} else {
 			ura__loop_send(s->loop, cmd); /* try again next drain */
@@ -649,11 +654,11 @@ void ura__session_command(struct ura__cmd *cmd)
 		return;
 	}
 	b->next = NULL;
-	b->seq_limit = s->next_seq;
+	b->seq_limit = cmd->task ? (uint32_t)(cmd->task - 1) : s->next_seq;
 	b->reset = cmd->variant == BARRIER_RESET;
 	b->fn = (void (*)(ura_session *, void *))cmd->fn;
 	b->arg = cmd->arg;
-	mi_free(cmd);
+	ura__free(cmd);
 	if (s->barriers_tail)
 		s->barriers_tail->next = b;
 	else

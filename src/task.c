@@ -20,7 +20,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include <mimalloc.h>
+#include "alloc.h"
 
 #include "session.h"
 #include "task.h"
@@ -97,7 +97,7 @@ static bool place_pending(ura_loop *loop, uint32_t index, struct ura__slot *slot
 	struct __kernel_timespec ts = cmd->ts;
 	slot->lflags &= (uint8_t)~URA__TF_HAS_PENDING;
 	fill_sqe(io_uring_get_sqe(&loop->ring), &cmd->sqe, &ts, slot, t);
-	mi_free(cmd);
+	ura__free(cmd);
 	return true;
 }
 
@@ -123,7 +123,7 @@ static int accept_on_loop(ura_loop *loop, uint32_t index, struct ura__slot *slot
 		ura__session_task_linked(s, index, slot);
 		return 0;
 	}
-	struct ura__cmd *cmd = mi_malloc(sizeof(*cmd));
+	struct ura__cmd *cmd = ura__malloc(sizeof(*cmd));
 	if (!cmd)
 		return -ENOMEM;
 	memcpy(&cmd->sqe, sqe, sizeof(*sqe));
@@ -160,13 +160,13 @@ int ura__submit_ts(ura_session *s, const struct io_uring_sqe *sqe, unsigned flag
 	struct ura__cmd *cmd = NULL;
 	bool on_loop = ura__on_loop(loop);
 	if (!on_loop) {
-		cmd = mi_malloc(sizeof(*cmd));
+		cmd = ura__malloc(sizeof(*cmd));
 		if (!cmd)
 			return -ENOMEM;
 	}
 	int r = ura__session_count_get(s);
 	if (r < 0) {
-		mi_free(cmd);
+		ura__free(cmd);
 		return r;
 	}
 	int64_t idx = ura__registry_alloc(&loop->registry, on_loop);
@@ -346,7 +346,7 @@ int ura_task_cancel(ura_session *s, ura_task t)
 	if (!on_loop) {
 		/* Allocated before the state changes: a cancel that succeeds must reach the
 		 * loop, so it cannot fail after the CAS. */
-		cmd = mi_malloc(sizeof(*cmd));
+		cmd = ura__malloc(sizeof(*cmd));
 		if (!cmd)
 			return -ENOMEM;
 	}
@@ -369,7 +369,7 @@ int ura_task_cancel(ura_session *s, ura_task t)
 		gs = load_gs(slot);
 	}
 	if (r < 0) {
-		mi_free(cmd);
+		ura__free(cmd);
 		return r;
 	}
 	if (on_loop) {
@@ -395,13 +395,13 @@ int ura_task_resume(ura_session *s, ura_task t)
 	bool on_loop = ura__on_loop(loop);
 	struct ura__cmd *cmd = NULL;
 	if (!on_loop) {
-		cmd = mi_malloc(sizeof(*cmd));
+		cmd = ura__malloc(sizeof(*cmd));
 		if (!cmd)
 			return -ENOMEM;
 	}
 	if (ura__gs_state(gs) != URA__SLOT_SUSPENDED ||
 	    !cas_state(slot, ura__handle_gen(t), URA__SLOT_SUSPENDED, URA__SLOT_PENDING)) {
-		mi_free(cmd);
+		ura__free(cmd);
 		gs = load_gs(slot);
 		if (ura__gs_gen(gs) != ura__handle_gen(t) || ura__gs_state(gs) == URA__SLOT_DONE)
 			return -ENOENT;
@@ -481,7 +481,7 @@ void ura__task_command(ura_loop *loop, struct ura__cmd *cmd)
 	default:
 		break;
 	}
-	mi_free(cmd);
+	ura__free(cmd);
 }
 
 void ura__task_deferred_cancel(ura_loop *loop, ura_task t)

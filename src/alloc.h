@@ -1,0 +1,46 @@
+/*
+ * Allocation for runtime objects: mimalloc, whose per-thread heaps keep allocation off
+ * shared locks. ThreadSanitizer builds (URA_SYSTEM_MALLOC) use the C library instead:
+ * TSan intercepts malloc/free and so knows that memory freed on one thread and reused on
+ * another is not a race, which it cannot see inside an uninstrumented mimalloc.
+ */
+#ifndef URA_ALLOC_H
+#define URA_ALLOC_H
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef URA_SYSTEM_MALLOC
+static inline void *ura__malloc(size_t n) { return malloc(n); }
+static inline void *ura__zalloc(size_t n) { return calloc(1, n); }
+static inline void *ura__realloc(void *p, size_t n) { return realloc(p, n); }
+static inline void ura__free(void *p) { free(p); }
+static inline void *ura__malloc_aligned(size_t n, size_t align)
+{
+	return aligned_alloc(align, (n + align - 1) / align * align);
+}
+static inline void *ura__zalloc_aligned(size_t n, size_t align)
+{
+	size_t rounded = (n + align - 1) / align * align;
+	void *p = aligned_alloc(align, rounded);
+	if (p)
+		memset(p, 0, rounded);
+	return p;
+}
+#else
+#include <mimalloc.h>
+static inline void *ura__malloc(size_t n) { return mi_malloc(n); }
+static inline void *ura__zalloc(size_t n) { return mi_zalloc(n); }
+static inline void *ura__realloc(void *p, size_t n) { return mi_realloc(p, n); }
+static inline void ura__free(void *p) { mi_free(p); }
+static inline void *ura__malloc_aligned(size_t n, size_t align)
+{
+	return mi_malloc_aligned(n, align);
+}
+static inline void *ura__zalloc_aligned(size_t n, size_t align)
+{
+	return mi_zalloc_aligned(n, align);
+}
+#endif
+
+#endif

@@ -1,0 +1,444 @@
+/* Sessions: the ten guarantees of DESIGN.md, one or more tests each (named g<N>_...). */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+#define SEC 1000000000ull
+
+static ura_loop *loop;
+
+static void setup(void)
+{
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+}
+
+static void teardown(void)
+{
+	ura_loop_free(loop);
+}
+
+TestSuite(session, .init = setup, .fini = teardown);
+
+/* An event log: each task's terminal call and the final event append to it. */
+struct order {
+	struct th_delegate d;
+	int log[64];
+	_Atomic int n;
+	int final_at;
+};
+
+static void log_task(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg)
+{
+	(void)s, (void)t, (void)flags;
+	struct order *o = arg;
+	cr_assert_eq(atomic_load(&o->d.final_seen), false, "task callback after the final event");
+	o->log[atomic_fetch_add(&o->n, 1)] = res;
+}
+
+static ura_session *new_session(struct th_delegate *d)
+{
+	ura_session *s = NULL;
+	cr_assert_eq(ura_session_new(loop, &th_delegate_fns, d, &s), 0);
+	return s;
+}
+
+Test(session, g1_finish_returns_at_once_and_refuses_new_tasks)
+{
+	struct order o = { 0 };
+	ura_session *s = new_session(&o.d);
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(ura_timeout(s, 2000000ull * (uint64_t)(i + 1), log_task, &o, NULL), 0);
+	ura_session_finish_tasks_and_invalidate(s);
+	cr_assert_eq(atomic_load(&o.d.finals), 0, "final event inside the call");
+	cr_assert_eq(ura_nop(s, log_task, &o, NULL), -ESHUTDOWN);
+	cr_assert_eq(ura_session_is_valid(s), false);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&o.n), 4, "live tasks must run to completion");
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(o.log[i], -ETIME, "task %d was not left to finish: %d", i, o.log[i]);
+	cr_assert_eq(atomic_load(&o.d.finals), 1);
+	cr_assert_eq(atomic_load(&o.d.final_error), 0);
+	cr_assert_eq(atomic_load(&o.d.completions), 4, "task_did_complete per task");
+	ura_session_unref(s);
+}
+
+Test(session, g2_invalidate_and_cancel_cancels_every_live_task)
+{
+	struct order o = { 0 };
+	ura_session *s = new_session(&o.d);
+	enum { N = 32 };
+	for (int i = 0; i < N; i++)
+		cr_assert_eq(ura_timeout(s, 60 * SEC, log_task, &o, NULL), 0);
+	cr_assert_eq(ura_loop_run_once(loop, false) >= 0, true);
+	ura_session_invalidate_and_cancel(s);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&o.n), N);
+	for (int i = 0; i < N; i++)
+		cr_assert(o.log[i] == -ECANCELED || o.log[i] == -EINTR, "task %d: %d", i, o.log[i]);
+	cr_assert_eq(atomic_load(&o.d.finals), 1);
+	struct ura_session_stats st;
+	cr_assert_eq(ura_session_stats(s, &st), 0);
+	cr_assert_eq(st.cancel_ok, N, "one ASYNC_CANCEL per task: %lu ok", (unsigned long)st.cancel_ok);
+	cr_assert_eq(st.cancelled, N);
+	ura_session_unref(s);
+}
+
+Test(session, g2_suspended_tasks_cancelled_without_sqe)
+{
+	struct order o = { 0 };
+	ura_session *s = new_session(&o.d);
+	struct io_uring_sqe sqe;
+	memset(&sqe, 0, sizeof(sqe));
+	io_uring_prep_nop(&sqe);
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(ura_submit(s, &sqe, URA_SUBMIT_SUSPENDED, log_task, &o, NULL), 0);
+	ura_session_invalidate_and_cancel(s);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&o.n), 3);
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(o.log[i], -ECANCELED);
+	struct ura_session_stats st;
+	ura_session_stats(s, &st);
+	cr_assert_eq(st.cancel_ok + st.cancel_enoent + st.cancel_ealready, 0, "an SQE was issued");
+	cr_assert_eq(atomic_load(&o.d.finals), 1);
+	ura_session_unref(s);
+}
+
+Test(session, g2_cancel_upgrades_a_pending_finish)
+{
+	struct order o = { 0 };
+	ura_session *s = new_session(&o.d);
+	cr_assert_eq(ura_timeout(s, 60 * SEC, log_task, &o, NULL), 0);
+	ura_session_finish_tasks_and_invalidate(s);
+	th_spin(loop, 20);
+	cr_assert_eq(atomic_load(&o.d.finals), 0, "finish must wait for the 60 s task");
+	ura_session_invalidate_and_cancel(s);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(o.log[0], -ECANCELED);
+	cr_assert_eq(atomic_load(&o.d.finals), 1);
+	ura_session_unref(s);
+}
+
+Test(session, g3_final_fires_once_with_zero_tasks_never_inside_the_call)
+{
+	struct th_delegate d = { 0 };
+	ura_session *s = new_session(&d);
+	for (int i = 0; i < 5; i++) {
+		ura_session_finish_tasks_and_invalidate(s);
+		ura_session_invalidate_and_cancel(s);
+		cr_assert_eq(atomic_load(&d.finals), 0, "final event inside an invalidate call");
+	}
+	cr_assert_eq(ura_loop_run_once(loop, false) >= 0, true);
+	cr_assert_eq(atomic_load(&d.finals), 1, "not on the next iteration");
+	th_spin(loop, 10);
+	ura_session_invalidate_and_cancel(s);
+	th_spin(loop, 10);
+	cr_assert_eq(atomic_load(&d.finals), 1);
+	ura_session_unref(s);
+}
+
+Test(session, g3_final_after_every_terminal_call_and_cancel_cqe)
+{
+	struct order o = { 0 };
+	ura_session *s = new_session(&o.d);
+	int p[2];
+	cr_assert_eq(pipe(p), 0);
+	static char buf[4][8];
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(ura_read(s, p[0], buf[i], 8, 0, log_task, &o, NULL), 0);
+	cr_assert_eq(ura_nop(s, log_task, &o, NULL), 0);
+	cr_assert_eq(ura_loop_run_once(loop, false) >= 0, true);
+	ura_session_invalidate_and_cancel(s);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&o.n), 5);
+	cr_assert_eq(atomic_load(&o.d.completions), 5, "task_did_complete before the final event");
+	cr_assert_eq(atomic_load(&o.d.calls_after_final), 0);
+	struct ura_session_stats st;
+	ura_session_stats(s, &st);
+	cr_assert_eq(st.cancel_ok + st.cancel_enoent + st.cancel_ealready, 4,
+		     "every cancel CQE reaped before the final event");
+	close(p[0]);
+	close(p[1]);
+	ura_session_unref(s);
+}
+
+struct inside {
+	struct th_delegate d;
+	ura_session *s;
+	int submit_after;
+	int final_seen_in_cb;
+};
+
+static void invalidate_inside(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg)
+{
+	(void)t, (void)res, (void)flags;
+	struct inside *in = arg;
+	ura_session_invalidate_and_cancel(s);
+	in->submit_after = ura_nop(s, NULL, NULL, NULL);
+	in->final_seen_in_cb = atomic_load(&in->d.finals);
+}
+
+Test(session, g3_invalidation_inside_a_callback_takes_effect_after_it)
+{
+	struct inside in = { 0 };
+	ura_session *s = new_session(&in.d);
+	in.s = s;
+	cr_assert_eq(ura_nop(s, invalidate_inside, &in, NULL), 0);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(in.submit_after, -ESHUTDOWN);
+	cr_assert_eq(in.final_seen_in_cb, 0, "final event ran inside the callback");
+	cr_assert_eq(atomic_load(&in.d.finals), 1);
+	cr_assert_eq(atomic_load(&in.d.completions), 1);
+	ura_session_unref(s);
+}
+
+static void flush_done(ura_session *s, void *arg)
+{
+	(void)s;
+	atomic_fetch_add((_Atomic int *)arg, 1);
+}
+
+static void tasks_seen(ura_session *s, const ura_task *t, size_t n, void *arg)
+{
+	(void)s, (void)t;
+	*(_Atomic long *)arg = (long)n;
+}
+
+Test(session, g4_after_final_calls_are_safe_and_answer_eshutdown)
+{
+	struct th_delegate d = { 0 };
+	ura_session *s = new_session(&d);
+	ura_session *extra = ura_session_ref(s);
+	ura_session_invalidate_and_cancel(s);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&d.finals), 1);
+	cr_assert_eq(ura_nop(s, NULL, NULL, NULL), -ESHUTDOWN);
+	cr_assert_eq(ura_session_is_valid(s), false);
+	cr_assert_eq(ura_session_set_description(s, "x"), -ESHUTDOWN);
+	_Atomic int f = 0;
+	_Atomic long n = -1;
+	cr_assert_eq(ura_session_flush(s, flush_done, &f), -ESHUTDOWN);
+	cr_assert_eq(ura_session_get_all_tasks(s, tasks_seen, &n), -ESHUTDOWN);
+	cr_assert_eq(ura_task_cancel(s, 12345), -ENOENT);
+	struct ura_session_stats st;
+	cr_assert_eq(ura_session_stats(s, &st), 0);
+	ura_session_finish_tasks_and_invalidate(s);
+	th_spin(loop, 10);
+	cr_assert_eq(atomic_load(&d.finals), 1);
+	cr_assert_eq(atomic_load(&d.calls_after_final), 0);
+	ura_session_unref(s);
+	/* Still allocated: one reference left, also across the loop's end. */
+	ura_loop_free(loop);
+	cr_assert_eq(ura_nop(extra, NULL, NULL, NULL), -ESHUTDOWN);
+	cr_assert_eq(ura_session_is_valid(extra), false);
+	ura_session_unref(extra);
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0); /* for teardown */
+}
+
+Test(session, g6_shared_session_ignores_invalidation)
+{
+	ura_session *sh = ura_session_shared(loop);
+	ura_session_finish_tasks_and_invalidate(sh);
+	ura_session_invalidate_and_cancel(sh);
+	cr_assert_eq(ura_session_is_valid(sh), true);
+	struct th_calls c = { 0 };
+	cr_assert_eq(ura_nop(sh, th_record, &c, NULL), 0);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&c.terminal), 1);
+}
+
+struct kinds {
+	_Atomic long nd, nu, ndl;
+	_Atomic int calls;
+};
+
+static void by_kind(ura_session *s, const ura_task *d, size_t nd, const ura_task *u, size_t nu,
+		    const ura_task *dl, size_t ndl, void *arg)
+{
+	(void)s, (void)d, (void)u, (void)dl;
+	struct kinds *k = arg;
+	k->nd = (long)nd;
+	k->nu = (long)nu;
+	k->ndl = (long)ndl;
+	atomic_fetch_add(&k->calls, 1);
+}
+
+Test(session, g7_get_tasks_lists_live_tasks_by_kind_not_cancelling)
+{
+	struct th_delegate d = { 0 };
+	ura_session *s = new_session(&d);
+	int p[2];
+	cr_assert_eq(pipe(p), 0);
+	static char rbuf[8], wbuf[8];
+	struct io_uring_sqe sqe;
+	ura_task cancelled;
+	memset(&sqe, 0, sizeof(sqe));
+	io_uring_prep_read(&sqe, p[0], rbuf, 8, 0);
+	cr_assert_eq(ura_submit(s, &sqe, URA_SUBMIT_SUSPENDED, NULL, NULL, NULL), 0);
+	cr_assert_eq(ura_submit(s, &sqe, URA_SUBMIT_SUSPENDED, NULL, NULL, &cancelled), 0);
+	io_uring_prep_write(&sqe, p[1], wbuf, 8, 0);
+	cr_assert_eq(ura_submit(s, &sqe, URA_SUBMIT_SUSPENDED, NULL, NULL, NULL), 0);
+	cr_assert_eq(ura_timeout(s, 60 * SEC, NULL, NULL, NULL), 0);
+	cr_assert_eq(ura_task_cancel(s, cancelled), 0);
+	struct kinds k = { 0 };
+	_Atomic long all = -1;
+	cr_assert_eq(ura_session_get_tasks(s, by_kind, &k), 0);
+	cr_assert_eq(ura_session_get_all_tasks(s, tasks_seen, &all), 0);
+	cr_assert_eq(atomic_load(&k.calls), 0, "answered inside the call");
+	th_spin(loop, 20);
+	cr_assert_eq(atomic_load(&k.calls), 1);
+	cr_assert_eq(k.nd, 1, "data (timeout): %ld", k.nd);
+	cr_assert_eq(k.nu, 1, "upload (write): %ld", k.nu);
+	cr_assert_eq(k.ndl, 1, "download (read, the other cancelled): %ld", k.ndl);
+	cr_assert_eq(atomic_load(&all), 3);
+	ura_session_invalidate_and_cancel(s);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	close(p[0]);
+	close(p[1]);
+	ura_session_unref(s);
+}
+
+Test(session, g8_flush_waits_for_tasks_live_at_the_call_only)
+{
+	struct order o = { 0 };
+	ura_session *s = new_session(&o.d);
+	cr_assert_eq(ura_timeout(s, 5000000, log_task, &o, NULL), 0);
+	cr_assert_eq(ura_timeout(s, 10000000, log_task, &o, NULL), 0);
+	_Atomic int flushed = 0;
+	cr_assert_eq(ura_session_flush(s, flush_done, &flushed), 0);
+	ura_task later;
+	cr_assert_eq(ura_timeout(s, 60 * SEC, NULL, NULL, &later), 0);
+	uint64_t end = th_now_ms() + 10000;
+	while (!atomic_load(&flushed) && th_now_ms() < end)
+		ura_loop_run_once(loop, true);
+	cr_assert_eq(atomic_load(&flushed), 1, "flush did not fire (or waited for the later task)");
+	cr_assert_eq(atomic_load(&o.n), 2, "flush fired before the tasks live at the call");
+	cr_assert_eq(ura_task_state(s, later), URA_TASK_RUNNING);
+	ura_session_invalidate_and_cancel(s);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	ura_session_unref(s);
+}
+
+Test(session, g8_reset_is_a_barrier_then_clears_stats)
+{
+	struct th_delegate d = { 0 };
+	ura_session *s = new_session(&d);
+	for (int i = 0; i < 10; i++)
+		cr_assert_eq(ura_nop(s, NULL, NULL, NULL), 0);
+	_Atomic int done = 0;
+	cr_assert_eq(ura_session_reset(s, flush_done, &done), 0);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&done), 1);
+	struct ura_session_stats st;
+	ura_session_stats(s, &st);
+	cr_assert_eq(st.submitted, 0, "stats not reset: submitted %lu", (unsigned long)st.submitted);
+	cr_assert_eq(st.completed, 0);
+	cr_assert_eq(atomic_load(&d.completions), 10, "reset ran before the tasks finished");
+	ura_session_invalidate_and_cancel(s);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	ura_session_unref(s);
+}
+
+Test(session, g9_stats_count_and_time_the_invalidation)
+{
+	struct th_delegate d = { 0 };
+	ura_session *s = new_session(&d);
+	for (int i = 0; i < 20; i++)
+		cr_assert_eq(ura_timeout(s, 60 * SEC, NULL, NULL, NULL), 0);
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(ura_nop(s, NULL, NULL, NULL), 0);
+	struct ura_session_stats st;
+	ura_session_stats(s, &st);
+	cr_assert_eq(st.in_flight, 25);
+	cr_assert_eq(st.peak_in_flight, 25);
+	ura_loop_run_once(loop, false);
+	ura_session_invalidate_and_cancel(s);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	ura_session_stats(s, &st);
+	cr_assert_eq(st.submitted, 25);
+	cr_assert_eq(st.completed, 25);
+	cr_assert_eq(st.cancelled, 20, "cancelled %lu", (unsigned long)st.cancelled);
+	cr_assert_eq(st.cancel_ok, 20);
+	cr_assert_eq(st.in_flight, 0);
+	cr_assert_gt(st.invalidate_to_final_ns, 0);
+	ura_session_unref(s);
+}
+
+Test(session, g9_cancel_results_enoent_counted)
+{
+	struct th_delegate d = { 0 };
+	ura_session *s = new_session(&d);
+	ura_task t;
+	/* Cancel a nop in the same iteration: the kernel has usually completed it by the
+	 * time the cancel SQE runs (-ENOENT) or cancels nothing; either way one result. */
+	cr_assert_eq(ura_nop(s, NULL, NULL, &t), 0);
+	cr_assert_eq(ura_task_cancel(s, t), 0);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	struct ura_session_stats st;
+	ura_session_stats(s, &st);
+	cr_assert_eq(st.cancel_ok + st.cancel_enoent + st.cancel_ealready, 1,
+		     "ok %lu enoent %lu ealready %lu", (unsigned long)st.cancel_ok,
+		     (unsigned long)st.cancel_enoent, (unsigned long)st.cancel_ealready);
+	ura_session_invalidate_and_cancel(s);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	ura_session_unref(s);
+}
+
+Test(session, g10_loop_free_gives_each_session_a_negative_final_error)
+{
+	struct th_delegate d1 = { 0 }, d2 = { 0 };
+	ura_session *a = new_session(&d1);
+	ura_session *b = new_session(&d2);
+	struct th_calls c = { 0 };
+	cr_assert_eq(ura_timeout(a, 60 * SEC, th_record, &c, NULL), 0);
+	ura_loop_free(loop);
+	cr_assert_eq(atomic_load(&c.terminal), 1, "the live task got no terminal call");
+	cr_assert_eq(atomic_load(&c.last_res), -ECANCELED);
+	cr_assert_eq(atomic_load(&d1.finals), 1);
+	cr_assert_eq(atomic_load(&d2.finals), 1);
+	cr_assert_lt(atomic_load(&d1.final_error), 0);
+	cr_assert_lt(atomic_load(&d2.final_error), 0);
+	ura_session_unref(a);
+	ura_session_unref(b);
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+}
+
+Test(session, g10_explicit_invalidation_before_free_keeps_error_zero)
+{
+	struct th_delegate d = { 0 };
+	ura_session *s = new_session(&d);
+	cr_assert_eq(ura_timeout(s, 60 * SEC, NULL, NULL, NULL), 0);
+	ura_session_invalidate_and_cancel(s);
+	ura_loop_free(loop);
+	cr_assert_eq(atomic_load(&d.finals), 1);
+	cr_assert_eq(atomic_load(&d.final_error), 0);
+	ura_session_unref(s);
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+}
+
+Test(session, description_is_copied_and_snprintf_like)
+{
+	struct th_delegate d = { 0 };
+	ura_session *s = new_session(&d);
+	char text[] = "uploads to the archive";
+	cr_assert_eq(ura_session_set_description(s, text), 0);
+	text[0] = 'X';
+	char buf[8];
+	cr_assert_eq(ura_session_description(s, buf, sizeof(buf)), strlen(text));
+	cr_assert_str_eq(buf, "uploads");
+	cr_assert_eq(ura_session_description(s, NULL, 0), strlen(text));
+	cr_assert_eq(ura_session_set_description(s, NULL), 0);
+	cr_assert_eq(ura_session_description(s, buf, sizeof(buf)), 0);
+	cr_assert_str_eq(buf, "");
+	/* d lives on this stack: the session must have had its final event before return. */
+	ura_session_invalidate_and_cancel(s);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&d.finals), 1);
+	ura_session_unref(s);
+	cr_assert_eq(ura_session_new(NULL, NULL, NULL, &s), -EINVAL);
+	cr_assert_eq(ura_session_new(loop, NULL, NULL, NULL), -EINVAL);
+}

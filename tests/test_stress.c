@@ -1,0 +1,342 @@
+/*
+ * Stress: the concurrency guarantees under many threads, bounded in time. Built twice:
+ * with Criterion (ASan) and standalone under ThreadSanitizer. Each checks one terminal
+ * call per accepted task, one final event per session, and no callback after it.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifdef URA_STANDALONE
+#include "standalone.h"
+#else
+#include <criterion/criterion.h>
+#endif
+
+#include "helpers.h"
+
+#define SEC 1000000000ull
+
+/* A task record shared with its callback. */
+struct rec {
+	_Atomic uint32_t terminal;
+	_Atomic uint32_t after_final;
+	_Atomic int32_t res;
+};
+
+struct world {
+	ura_loop *loop;
+	ura_session *s;
+	struct th_delegate d;
+	_Atomic bool go, stop_submitting;
+	_Atomic uint64_t accepted, refused, terminal_total, late;
+};
+
+static void rec_cb(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg)
+{
+	(void)t;
+	struct rec *r = arg;
+	struct th_delegate *d = NULL;
+	(void)s;
+	(void)d;
+	if (!(flags & IORING_CQE_F_MORE))
+		atomic_fetch_add(&r->terminal, 1);
+	atomic_store(&r->res, res);
+}
+
+/* ---- submitters racing an invalidation (guarantees 1, 2, 5) */
+
+enum { SUBMITTERS = 3, PER_SUBMITTER = 3000 };
+
+struct submitter {
+	struct world *w;
+	struct rec *recs;
+	uint8_t *accepted;
+	int mode;
+};
+
+static void *submit_until_refused(void *arg)
+{
+	struct submitter *sb = arg;
+	while (!atomic_load(&sb->w->go))
+		;
+	for (int i = 0; i < PER_SUBMITTER; i++) {
+		int r;
+		if (i % 3 == 0)
+			r = ura_timeout(sb->w->s, 60 * SEC, rec_cb, &sb->recs[i], NULL);
+		else
+			r = ura_nop(sb->w->s, rec_cb, &sb->recs[i], NULL);
+		if (r == 0) {
+			sb->accepted[i] = 1;
+			atomic_fetch_add(&sb->w->accepted, 1);
+		} else {
+			cr_assert_eq(r, -ESHUTDOWN, "submit failed with %d", r);
+			atomic_fetch_add(&sb->w->refused, 1);
+		}
+	}
+	return NULL;
+}
+
+static void *invalidate_soon(void *arg)
+{
+	struct world *w = arg;
+	while (!atomic_load(&w->go))
+		;
+	usleep(1000);
+	ura_session_invalidate_and_cancel(w->s);
+	return NULL;
+}
+
+static void check_final_order(ura_session *s, ura_task t, int32_t res, void *ctx)
+{
+	(void)s, (void)t, (void)res;
+	struct world *w = ctx;
+	if (atomic_load(&w->d.final_seen))
+		atomic_fetch_add(&w->late, 1);
+	atomic_fetch_add(&w->d.completions, 1);
+}
+
+static void world_final(ura_session *s, int error, void *ctx)
+{
+	(void)s;
+	struct world *w = ctx;
+	atomic_store(&w->d.final_error, error);
+	atomic_fetch_add(&w->d.finals, 1);
+	atomic_store(&w->d.final_seen, true);
+}
+
+static const struct ura_session_delegate world_fns = {
+	.task_did_complete = check_final_order,
+	.did_become_invalid = world_final,
+};
+
+Test(stress, submits_racing_invalidation_are_refused_or_finished, .timeout = 300)
+{
+	for (int round = 0; round < 6; round++) {
+		struct world w;
+		memset(&w, 0, sizeof(w));
+		cr_assert_eq(ura_loop_new(NULL, &w.loop), 0);
+		cr_assert_eq(ura_session_new(w.loop, &world_fns, &w, &w.s), 0);
+		struct submitter sb[SUBMITTERS];
+		pthread_t th[SUBMITTERS + 1];
+		for (int i = 0; i < SUBMITTERS; i++) {
+			sb[i].w = &w;
+			sb[i].recs = calloc(PER_SUBMITTER, sizeof(struct rec));
+			sb[i].accepted = calloc(PER_SUBMITTER, 1);
+			pthread_create(&th[i], NULL, submit_until_refused, &sb[i]);
+		}
+		pthread_create(&th[SUBMITTERS], NULL, invalidate_soon, &w);
+		atomic_store(&w.go, true);
+		uint64_t end = th_now_ms() + 60000;
+		while (!atomic_load(&w.d.final_seen) && th_now_ms() < end)
+			ura_loop_run_once(w.loop, false);
+		for (int i = 0; i <= SUBMITTERS; i++)
+			pthread_join(th[i], NULL);
+		th_spin(w.loop, 5);
+		cr_assert_eq(atomic_load(&w.d.finals), 1, "round %d: %lu final events", round,
+			     (unsigned long)atomic_load(&w.d.finals));
+		cr_assert_eq(atomic_load(&w.late), 0, "completion after the final event");
+		uint64_t accepted = 0;
+		for (int i = 0; i < SUBMITTERS; i++) {
+			for (int k = 0; k < PER_SUBMITTER; k++) {
+				uint32_t n = atomic_load(&sb[i].recs[k].terminal);
+				if (sb[i].accepted[k]) {
+					accepted++;
+					cr_assert_eq(n, 1, "accepted task %d/%d: %u terminal calls", i, k, n);
+				} else {
+					cr_assert_eq(n, 0, "refused task %d/%d was called", i, k);
+				}
+			}
+			free(sb[i].recs);
+			free(sb[i].accepted);
+		}
+		cr_assert_eq(atomic_load(&w.d.completions), accepted);
+		if (round == 0)
+			cr_log_info("accepted %lu refused %lu", (unsigned long)accepted,
+				    (unsigned long)atomic_load(&w.refused));
+		ura_session_unref(w.s);
+		ura_loop_free(w.loop);
+	}
+}
+
+/* ---- many threads invalidating one session at once (guarantee 3) */
+
+struct inval {
+	ura_session *s;
+	_Atomic bool *go;
+	int which;
+};
+
+static void *invalidate_many(void *arg)
+{
+	struct inval *iv = arg;
+	while (!atomic_load(iv->go))
+		;
+	for (int i = 0; i < 200; i++) {
+		if ((i + iv->which) % 2)
+			ura_session_finish_tasks_and_invalidate(iv->s);
+		else
+			ura_session_invalidate_and_cancel(iv->s);
+	}
+	return NULL;
+}
+
+Test(stress, many_threads_invalidating_one_session_one_final, .timeout = 300)
+{
+	enum { THREADS = 6, ROUNDS = 40 };
+	ura_loop *loop;
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	for (int round = 0; round < ROUNDS; round++) {
+		struct world w;
+		memset(&w, 0, sizeof(w));
+		w.loop = loop;
+		cr_assert_eq(ura_session_new(loop, &world_fns, &w, &w.s), 0);
+		static struct rec recs[64];
+		memset(recs, 0, sizeof(recs));
+		for (int i = 0; i < 64; i++)
+			cr_assert_eq(ura_timeout(w.s, (i % 2) ? 60 * SEC : 1000, rec_cb, &recs[i], NULL), 0);
+		_Atomic bool go = false;
+		struct inval iv[THREADS];
+		pthread_t th[THREADS];
+		for (int i = 0; i < THREADS; i++) {
+			iv[i] = (struct inval){ w.s, &go, i };
+			pthread_create(&th[i], NULL, invalidate_many, &iv[i]);
+		}
+		atomic_store(&go, true);
+		uint64_t end = th_now_ms() + 30000;
+		while (!atomic_load(&w.d.final_seen) && th_now_ms() < end)
+			ura_loop_run_once(loop, false);
+		for (int i = 0; i < THREADS; i++)
+			pthread_join(th[i], NULL);
+		th_spin(loop, 2);
+		cr_assert_eq(atomic_load(&w.d.finals), 1, "round %d: %lu finals", round,
+			     (unsigned long)atomic_load(&w.d.finals));
+		for (int i = 0; i < 64; i++)
+			cr_assert_eq(atomic_load(&recs[i].terminal), 1, "task %d", i);
+		cr_assert_eq(atomic_load(&w.late), 0);
+		ura_session_unref(w.s);
+	}
+	ura_loop_free(loop);
+}
+
+/* ---- cancel from other threads racing completion (tasks, guarantee "exactly one") */
+
+enum { RACE_TASKS = 4000 };
+
+struct racer {
+	ura_session *s;
+	ura_task *handles;
+	_Atomic uint32_t *published;
+	_Atomic uint64_t ok, enoent, ealready;
+};
+
+static void *cancel_all_published(void *arg)
+{
+	struct racer *r = arg;
+	for (int i = 0; i < RACE_TASKS; i++) {
+		while (!atomic_load(&r->published[i]))
+			;
+		int rc = ura_task_cancel(r->s, r->handles[i]);
+		if (rc == 0)
+			atomic_fetch_add(&r->ok, 1);
+		else if (rc == -ENOENT)
+			atomic_fetch_add(&r->enoent, 1);
+		else if (rc == -EALREADY)
+			atomic_fetch_add(&r->ealready, 1);
+		else
+			cr_assert(false, "cancel returned %d", rc);
+		(void)ura_task_state(r->s, r->handles[i]);
+	}
+	return NULL;
+}
+
+Test(stress, cancels_from_other_threads_racing_completion, .timeout = 300)
+{
+	ura_loop *loop;
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	ura_session *s;
+	struct th_delegate d = { 0 };
+	cr_assert_eq(ura_session_new(loop, &th_delegate_fns, &d, &s), 0);
+	struct rec *recs = calloc(RACE_TASKS, sizeof(*recs));
+	struct racer r = { .s = s };
+	r.handles = calloc(RACE_TASKS, sizeof(ura_task));
+	r.published = calloc(RACE_TASKS, sizeof(*r.published));
+	pthread_t th[2];
+	for (int i = 0; i < 2; i++)
+		pthread_create(&th[i], NULL, cancel_all_published, &r);
+	for (int i = 0; i < RACE_TASKS; i++) {
+		int rc = (i % 2) ? ura_nop(s, rec_cb, &recs[i], &r.handles[i])
+				 : ura_timeout(s, (i % 4) ? 60 * SEC : 100000, rec_cb, &recs[i],
+					       &r.handles[i]);
+		cr_assert_eq(rc, 0);
+		atomic_store(&r.published[i], 1);
+		if (i % 16 == 0)
+			ura_loop_run_once(loop, false);
+	}
+	for (int i = 0; i < 2; i++)
+		pthread_join(th[i], NULL);
+	uint64_t end = th_now_ms() + 60000;
+	while (atomic_load(&d.completions) < RACE_TASKS && th_now_ms() < end)
+		ura_loop_run_once(loop, false);
+	for (int i = 0; i < RACE_TASKS; i++) {
+		cr_assert_eq(atomic_load(&recs[i].terminal), 1, "task %d: %u terminal calls", i,
+			     atomic_load(&recs[i].terminal));
+		int32_t res = atomic_load(&recs[i].res);
+		cr_assert(res == 0 || res == -ETIME || res == -ECANCELED || res == -EINTR,
+			  "task %d res %d", i, res);
+	}
+	cr_log_info("cancel ok %lu, enoent %lu, ealready %lu", (unsigned long)atomic_load(&r.ok),
+		    (unsigned long)atomic_load(&r.enoent), (unsigned long)atomic_load(&r.ealready));
+	cr_assert_eq(atomic_load(&r.ok) + atomic_load(&r.enoent) + atomic_load(&r.ealready),
+		     2 * RACE_TASKS);
+	ura_session_invalidate_and_cancel(s);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&d.finals), 1);
+	ura_session_unref(s);
+	ura_loop_free(loop);
+	free(recs);
+	free(r.handles);
+	free((void *)r.published);
+}
+
+/* ---- 100,000 live tasks cancelled through a CQ far smaller (guarantees 2, 3) */
+
+Test(stress, hundred_thousand_live_tasks_cancelled_with_small_cq, .timeout = 300)
+{
+	enum { N = 100000 };
+	struct ura_loop_config cfg = { .sq_entries = 128, .cq_entries = 256 };
+	ura_loop *loop;
+	cr_assert_eq(ura_loop_new(&cfg, &loop), 0);
+	ura_session *s;
+	struct th_delegate d = { 0 };
+	cr_assert_eq(ura_session_new(loop, &th_delegate_fns, &d, &s), 0);
+	struct rec *recs = calloc(N, sizeof(*recs));
+	for (int i = 0; i < N; i++) {
+		cr_assert_eq(ura_timeout(s, 600 * SEC, rec_cb, &recs[i], NULL), 0);
+		if (i % 1024 == 0)
+			ura_loop_run_once(loop, false);
+	}
+	/* Let everything reach the kernel. */
+	struct ura_session_stats st;
+	for (int i = 0; i < 1000; i++)
+		ura_loop_run_once(loop, false);
+	ura_session_invalidate_and_cancel(s);
+	uint64_t end = th_now_ms() + 120000;
+	while (!atomic_load(&d.final_seen) && th_now_ms() < end)
+		ura_loop_run_once(loop, true);
+	cr_assert_eq(atomic_load(&d.finals), 1);
+	for (int i = 0; i < N; i++)
+		cr_assert_eq(atomic_load(&recs[i].terminal), 1, "task %d: %u terminal calls", i,
+			     atomic_load(&recs[i].terminal));
+	ura_session_stats(s, &st);
+	cr_log_info("cancel_ok %lu enoent %lu, %.1f ms to the final event",
+		    (unsigned long)st.cancel_ok, (unsigned long)st.cancel_enoent,
+		    st.invalidate_to_final_ns / 1e6);
+	cr_assert_eq(st.completed, N);
+	cr_assert_eq(atomic_load(&d.calls_after_final), 0);
+	ura_session_unref(s);
+	ura_loop_free(loop);
+	free(recs);
+}

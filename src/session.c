@@ -401,52 +401,54 @@ bool ura_session_is_valid(ura_session *s)
 	return s && !(atomic_load_explicit(&s->state, memory_order_acquire) & URA__SS_FLAGS);
 }
 
+/* The first session of the loop that pred accepts, with a reference, or NULL. */
+static ura_session *find_session(ura_loop *loop, bool (*pred)(ura_session *, uint64_t))
+{
+	ura_session *found = NULL;
+	pthread_mutex_lock(&loop->sessions_lock);
+	for (ura_session *s = loop->sessions; s && !found; s = s->next_in_loop)
+		if (pred(s, atomic_load_explicit(&s->state, memory_order_acquire)))
+			found = ura_session_ref(s);
+	pthread_mutex_unlock(&loop->sessions_lock);
+	return found;
+}
+
+static bool not_yet_cancelled(ura_session *s, uint64_t st)
+{
+	(void)s;
+	return !(st & URA__SS_CANCEL) && !(st & URA__SS_FINAL);
+}
+
 void ura__session_invalidate_all(ura_loop *loop, int error)
 {
-	for (;;) {
-		ura_session *found = NULL;
-		pthread_mutex_lock(&loop->sessions_lock);
-		for (ura_session *s = loop->sessions; s; s = s->next_in_loop) {
-			uint64_t st = atomic_load_explicit(&s->state, memory_order_acquire);
-			if (!(st & URA__SS_CANCEL) && !(st & URA__SS_FINAL)) {
-				found = ura_session_ref(s);
-				break;
-			}
-		}
-		pthread_mutex_unlock(&loop->sessions_lock);
-		if (!found)
-			return;
-		if (!(atomic_load_explicit(&found->state, memory_order_acquire) & URA__SS_FINISH))
-			found->final_error = error;
-		atomic_fetch_or_explicit(&found->state, URA__SS_FINISH | URA__SS_CANCEL,
+	ura_session *s;
+	while ((s = find_session(loop, not_yet_cancelled))) {
+		if (!(atomic_load_explicit(&s->state, memory_order_acquire) & URA__SS_FINISH))
+			s->final_error = error;
+		atomic_fetch_or_explicit(&s->state, URA__SS_FINISH | URA__SS_CANCEL,
 					 memory_order_acq_rel);
 		uint64_t zero = 0;
-		atomic_compare_exchange_strong_explicit(&found->invalidate_requested_ns, &zero,
+		atomic_compare_exchange_strong_explicit(&s->invalidate_requested_ns, &zero,
 							ura__now_ns(), memory_order_relaxed,
 							memory_order_relaxed);
-		ura__session_check(found);
-		ura_session_unref(found);
+		ura__session_check(s);
+		ura_session_unref(s);
 	}
+}
+
+/* Invalidation the loop has not acted on yet (its notification was lost to ENOMEM). */
+static bool missed_invalidation(ura_session *s, uint64_t st)
+{
+	return (st & URA__SS_FINISH) && !(st & URA__SS_FINAL) &&
+	       (!s->invalidating || ((st & URA__SS_CANCEL) && !s->cancel_all_done));
 }
 
 void ura__session_rescan(ura_loop *loop)
 {
-	for (;;) {
-		ura_session *found = NULL;
-		pthread_mutex_lock(&loop->sessions_lock);
-		for (ura_session *s = loop->sessions; s; s = s->next_in_loop) {
-			uint64_t st = atomic_load_explicit(&s->state, memory_order_acquire);
-			if ((st & URA__SS_FINISH) && !(st & URA__SS_FINAL) &&
-			    (!s->invalidating || ((st & URA__SS_CANCEL) && !s->cancel_all_done))) {
-				found = ura_session_ref(s);
-				break;
-			}
-		}
-		pthread_mutex_unlock(&loop->sessions_lock);
-		if (!found)
-			return;
-		ura__session_check(found);
-		ura_session_unref(found);
+	ura_session *s;
+	while ((s = find_session(loop, missed_invalidation))) {
+		ura__session_check(s);
+		ura_session_unref(s);
 	}
 }
 

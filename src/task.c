@@ -332,25 +332,42 @@ bool ura__task_cancel_slot(ura_loop *loop, uint32_t index, struct ura__slot *slo
 	}
 }
 
-int ura_task_cancel(ura_session *s, ura_task t)
+/* The common start of cancel and resume: find the task and, off the loop thread,
+ * allocate the command before the state changes, so that a change that succeeds cannot
+ * then fail to reach the loop. */
+static int prepare_task_call(ura_session *s, ura_task t, struct ura__slot **slot, uint64_t *gs,
+			     bool *on_loop, struct ura__cmd **cmd)
 {
 	if (!s || t == 0)
 		return -EINVAL;
-	uint64_t gs;
-	struct ura__slot *slot = find(s, t, &gs);
-	if (!slot)
+	*slot = find(s, t, gs);
+	if (!*slot)
 		return -ENOENT;
-	ura_loop *loop = s->loop;
-	bool on_loop = ura__on_loop(loop);
-	struct ura__cmd *cmd = NULL;
-	if (!on_loop) {
-		/* Allocated before the state changes: a cancel that succeeds must reach the
-		 * loop, so it cannot fail after the CAS. */
-		cmd = ura__malloc(sizeof(*cmd));
-		if (!cmd)
-			return -ENOMEM;
-	}
-	int r;
+	*on_loop = ura__on_loop(s->loop);
+	*cmd = NULL;
+	if (!*on_loop && !(*cmd = ura__malloc(sizeof(**cmd))))
+		return -ENOMEM;
+	return 0;
+}
+
+/* Hands a cancel or resume that took effect to the loop thread. */
+static void send_task_command(ura_session *s, ura_task t, struct ura__cmd *cmd, uint8_t kind)
+{
+	cmd->kind = kind;
+	cmd->task = t;
+	cmd->session = s;
+	ura__loop_send(s->loop, cmd);
+}
+
+int ura_task_cancel(ura_session *s, ura_task t)
+{
+	uint64_t gs;
+	struct ura__slot *slot;
+	struct ura__cmd *cmd;
+	bool on_loop;
+	int r = prepare_task_call(s, t, &slot, &gs, &on_loop, &cmd);
+	if (r < 0)
+		return r;
 	for (;;) {
 		unsigned st = ura__gs_state(gs);
 		if (ura__gs_gen(gs) != ura__handle_gen(t) || st == URA__SLOT_FREE ||
@@ -372,33 +389,22 @@ int ura_task_cancel(ura_session *s, ura_task t)
 		ura__free(cmd);
 		return r;
 	}
-	if (on_loop) {
-		cancel_marked(loop, ura__handle_index(t), slot, t);
-	} else {
-		cmd->kind = URA__CMD_CANCEL;
-		cmd->task = t;
-		cmd->session = s;
-		ura__loop_send(loop, cmd);
-	}
+	if (on_loop)
+		cancel_marked(s->loop, ura__handle_index(t), slot, t);
+	else
+		send_task_command(s, t, cmd, URA__CMD_CANCEL);
 	return 0;
 }
 
 int ura_task_resume(ura_session *s, ura_task t)
 {
-	if (!s || t == 0)
-		return -EINVAL;
 	uint64_t gs;
-	struct ura__slot *slot = find(s, t, &gs);
-	if (!slot)
-		return -ENOENT;
-	ura_loop *loop = s->loop;
-	bool on_loop = ura__on_loop(loop);
-	struct ura__cmd *cmd = NULL;
-	if (!on_loop) {
-		cmd = ura__malloc(sizeof(*cmd));
-		if (!cmd)
-			return -ENOMEM;
-	}
+	struct ura__slot *slot;
+	struct ura__cmd *cmd;
+	bool on_loop;
+	int r = prepare_task_call(s, t, &slot, &gs, &on_loop, &cmd);
+	if (r < 0)
+		return r;
 	if (ura__gs_state(gs) != URA__SLOT_SUSPENDED ||
 	    !cas_state(slot, ura__handle_gen(t), URA__SLOT_SUSPENDED, URA__SLOT_PENDING)) {
 		ura__free(cmd);
@@ -407,16 +413,11 @@ int ura_task_resume(ura_session *s, ura_task t)
 			return -ENOENT;
 		return -EINVAL;
 	}
-	if (on_loop && (slot->lflags & URA__TF_LINKED)) {
-		place_or_backlog(loop, ura__handle_index(t), slot, t);
-	} else if (on_loop) {
-		/* Its SUBMIT is still in the inbox; that command will find it PENDING. */
-	} else {
-		cmd->kind = URA__CMD_RESUME;
-		cmd->task = t;
-		cmd->session = s;
-		ura__loop_send(loop, cmd);
-	}
+	if (!on_loop)
+		send_task_command(s, t, cmd, URA__CMD_RESUME);
+	else if (slot->lflags & URA__TF_LINKED)
+		place_or_backlog(s->loop, ura__handle_index(t), slot, t);
+	/* else its SUBMIT is still in the inbox, and that command will find it PENDING. */
 	return 0;
 }
 

@@ -1,6 +1,7 @@
 /* Round runner, result rows, table and JSON output for ura-bench. */
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,9 +17,11 @@ struct row {
 	char param[48];
 	char contender[32];
 	char ratio_of[48]; /* what the ratio divides: "ura/raw-liburing" */
-	char note[160];
-	double ns_per_op;  /* median over rounds */
-	double ratio_med, ratio_min, ratio_max;
+	char note[320];
+	double ns_per_op;  /* median wall time over rounds */
+	double cpu_ns_per_op;
+	double ratio_med, ratio_min, ratio_max; /* wall time */
+	double cpu_ratio_med;
 	int rounds;
 	uint64_t ops;
 };
@@ -26,11 +29,24 @@ struct row {
 static struct row *rows;
 static size_t nrows, rows_cap;
 
-uint64_t bench_now_ns(void)
+static uint64_t clock_ns(clockid_t id)
 {
 	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(id, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void bench_clock_start(struct bench_clock *c)
+{
+	c->cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+	c->wall = clock_ns(CLOCK_MONOTONIC);
+}
+
+void bench_clock_stop(const struct bench_clock *c, struct bench_time *acc)
+{
+	/* Reverse order of start: each clock's reading brackets the other's. */
+	acc->wall_ns += clock_ns(CLOCK_MONOTONIC) - c->wall;
+	acc->cpu_ns += clock_ns(CLOCK_THREAD_CPUTIME_ID) - c->cpu;
 }
 
 static void vprint(const char *prefix, const char *fmt, va_list ap)
@@ -57,13 +73,42 @@ void bench_warn(const char *fmt, ...)
 	va_end(ap);
 }
 
+/*
+ * Watchdog. A run that never finishes (a lost completion, a final event that never
+ * fires) would otherwise block in io_uring_enter forever; a benchmark that hangs
+ * silently reports nothing, so the alarm names the run and exits.
+ */
+#define RUN_TIMEOUT_S 300u
+
+static char watch_msg[160];
+static size_t watch_len;
+
+static void on_alarm(int sig)
+{
+	(void)sig;
+	/* Only async-signal-safe calls here. */
+	ssize_t n = write(STDERR_FILENO, watch_msg, watch_len);
+	(void)n;
+	_exit(3);
+}
+
+static void watch(const char *label, const char *name)
+{
+	int n = snprintf(watch_msg, sizeof(watch_msg),
+			 "\nura-bench: %s: %s did not finish within %u s (hang?); exiting\n",
+			 label, name, RUN_TIMEOUT_S);
+	watch_len = n < 0 ? 0 : (size_t)n < sizeof(watch_msg) ? (size_t)n : sizeof(watch_msg) - 1;
+	signal(SIGALRM, on_alarm);
+	alarm(RUN_TIMEOUT_S);
+}
+
 int bench_rounds(const struct bench_contender *c, size_t nc, int rounds, const char *label,
-		 uint64_t *ns)
+		 struct bench_time *t)
 {
 	/* On a terminal the round counter rewrites one line; in a log, one line per round
 	 * would be noise, so only the start and the end are written. */
 	bool tty = isatty(STDERR_FILENO);
-	uint64_t start = bench_now_ns();
+	uint64_t start = clock_ns(CLOCK_MONOTONIC);
 	if (!tty)
 		bench_progress("%s: %d rounds x %zu contenders", label, rounds, nc);
 	/* Round -1 is the warm-up: page faults, ring and allocator first use, caches. */
@@ -74,19 +119,24 @@ int bench_rounds(const struct bench_contender *c, size_t nc, int rounds, const c
 			fflush(stderr);
 		}
 		for (size_t i = 0; i < nc; i++) {
-			uint64_t t = 0;
-			int err = c[i].run(c[i].ctx, &t);
+			struct bench_time run = { 0 };
+			watch(label, c[i].name);
+			int err = c[i].run(c[i].ctx, &run);
+			alarm(0);
 			if (err < 0) {
 				if (tty)
 					fputc('\n', stderr);
 				bench_warn("%s: %s failed: %s", label, c[i].name, strerror(-err));
 				return err;
 			}
+			/* Ratios divide by these: never 0. */
+			run.wall_ns += !run.wall_ns;
+			run.cpu_ns += !run.cpu_ns;
 			if (r >= 0)
-				ns[i * (size_t)rounds + (size_t)r] = t ? t : 1; /* ratios need > 0 */
+				t[i * (size_t)rounds + (size_t)r] = run;
 		}
 	}
-	double secs = (double)(bench_now_ns() - start) / 1e9;
+	double secs = (double)(clock_ns(CLOCK_MONOTONIC) - start) / 1e9;
 	if (tty)
 		fprintf(stderr, "\rura-bench: %s: done in %.1f s\033[K\n", label, secs);
 	else
@@ -105,7 +155,9 @@ int bench_ring_init(struct io_uring *ring, unsigned sq_entries, unsigned cq_entr
 	for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]); i++) {
 		struct io_uring_params p;
 		memset(&p, 0, sizeof(p));
-		p.flags = tries[i];
+		/* CLAMP, as ura does: sizes above the kernel's maximum (32768 SQ, 65536 CQ
+		 * entries) are reduced to it rather than refused. */
+		p.flags = tries[i] | IORING_SETUP_CLAMP;
 		if (cq_entries) {
 			p.flags |= IORING_SETUP_CQSIZE;
 			p.cq_entries = cq_entries;
@@ -121,14 +173,19 @@ int bench_ring_init(struct io_uring *ring, unsigned sq_entries, unsigned cq_entr
 	return r;
 }
 
-void bench_ring_note(char *buf, size_t len, ura_loop *loop, unsigned raw_flags)
+void bench_ring_note(char *buf, size_t len, ura_loop *loop, const struct io_uring *raw,
+		     unsigned raw_flags)
 {
 	uint32_t f = ura_loop_features(loop);
-	snprintf(buf, len, "ura ring:%s%s%s%s; raw ring:%s",
+	/* The sizes the kernel granted, read from the rings (after CLAMP). */
+	const struct io_uring *ur = ura_loop_ring(loop);
+	snprintf(buf, len, "ura ring %u/%u%s%s%s%s; raw ring %u/%u%s", ur->sq.ring_entries,
+		 ur->cq.ring_entries,
 		 f & URA_FEATURE_SINGLE_ISSUER ? " SINGLE_ISSUER" : "",
 		 f & URA_FEATURE_DEFER_TASKRUN ? " DEFER_TASKRUN" : "",
 		 f & URA_FEATURE_COOP_TASKRUN ? " COOP_TASKRUN" : "",
 		 f & URA_FEATURE_SUBMIT_ALL ? " SUBMIT_ALL" : "",
+		 raw->sq.ring_entries, raw->cq.ring_entries,
 		 raw_flags ? " SINGLE_ISSUER DEFER_TASKRUN" : " (no flags)");
 }
 
@@ -143,6 +200,36 @@ static double median(double *v, size_t n)
 {
 	qsort(v, n, sizeof(*v), cmp_double);
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* Median per op of the wall (cpu false) or CPU times in row; 0 without memory. */
+static double median_per_op(const struct bench_time *row, int rounds, uint64_t ops, bool cpu)
+{
+	double *v = malloc((size_t)rounds * sizeof(*v));
+	if (!v)
+		return 0;
+	for (int r = 0; r < rounds; r++)
+		v[r] = (double)(cpu ? row[r].cpu_ns : row[r].wall_ns) / (double)ops;
+	double m = median(v, (size_t)rounds);
+	free(v);
+	return m;
+}
+
+double bench_median_per_op(const struct bench_time *row, int rounds, uint64_t ops)
+{
+	return median_per_op(row, rounds, ops, false);
+}
+
+/* Per-round ratios ura / other per op, wall or CPU, into v (rounds values). */
+static void ratios(double *v, const struct bench_contender *c, const struct bench_time *t,
+		   int rounds, size_t other, bool cpu)
+{
+	const struct bench_time *a = t, *b = t + other * (size_t)rounds;
+	for (int r = 0; r < rounds; r++) {
+		double x = (double)(cpu ? a[r].cpu_ns : a[r].wall_ns) / (double)c[0].ops;
+		double y = (double)(cpu ? b[r].cpu_ns : b[r].wall_ns) / (double)c[other].ops;
+		v[r] = x / y;
+	}
 }
 
 static struct row *row_add(void)
@@ -161,7 +248,7 @@ static struct row *row_add(void)
 }
 
 int bench_record(const char *suite, const char *param, const struct bench_contender *c,
-		 size_t nc, int rounds, const uint64_t *ns, uint64_t ops, const char *note)
+		 size_t nc, int rounds, const struct bench_time *t, const char *note)
 {
 	double *v = malloc((size_t)rounds * sizeof(*v));
 	double *med = malloc(nc * sizeof(*med));
@@ -170,11 +257,8 @@ int bench_record(const char *suite, const char *param, const struct bench_conten
 		free(med);
 		return -ENOMEM;
 	}
-	for (size_t i = 0; i < nc; i++) {
-		for (int r = 0; r < rounds; r++)
-			v[r] = (double)ns[i * (size_t)rounds + (size_t)r] / (double)ops;
-		med[i] = median(v, (size_t)rounds);
-	}
+	for (size_t i = 0; i < nc; i++)
+		med[i] = bench_median_per_op(t + i * (size_t)rounds, rounds, c[i].ops);
 	/* The ura row is compared with the fastest other contender by median time. */
 	size_t best = 1;
 	for (size_t i = 2; i < nc; i++)
@@ -195,14 +279,16 @@ int bench_record(const char *suite, const char *param, const struct bench_conten
 			 i == 0 && nc > 2 ? " (best)" : "");
 		snprintf(w->note, sizeof(w->note), "%s", note ? note : "");
 		w->ns_per_op = med[i];
+		w->cpu_ns_per_op = median_per_op(t + i * (size_t)rounds, rounds, c[i].ops, true);
 		w->rounds = rounds;
-		w->ops = ops;
+		w->ops = c[i].ops;
 		if (nc < 2)
 			continue;
 		/* Per-round ratio first, then the median: never a ratio of medians. */
-		for (int r = 0; r < rounds; r++)
-			v[r] = (double)ns[r] / (double)ns[other * (size_t)rounds + (size_t)r];
-		w->ratio_med = median(v, (size_t)rounds);
+		ratios(v, c, t, rounds, other, true);
+		w->cpu_ratio_med = median(v, (size_t)rounds);
+		ratios(v, c, t, rounds, other, false);
+		w->ratio_med = median(v, (size_t)rounds); /* sorts v: min and max follow */
 		w->ratio_min = v[0];
 		w->ratio_max = v[rounds - 1];
 	}
@@ -213,19 +299,20 @@ int bench_record(const char *suite, const char *param, const struct bench_conten
 
 void bench_print_table(const char *suite)
 {
-	printf("\n%-7s %-22s %-16s %12s %10s %13s  %s\n", "suite", "parameter", "contender",
-	       "ns/op (med)", "ratio(med)", "ratio min..max", "ratio is");
-	const char *last_note = "";
+	printf("\n%-7s %-16s %-13s %11s %10s %13s %9s  %s\n", "suite", "parameter",
+	       "contender", "ns/op (med)", "ratio(med)", "min..max", "cpu ratio", "ratio is");
 	for (size_t i = 0; i < nrows; i++) {
 		const struct row *w = &rows[i];
 		if (strcmp(w->suite, suite) != 0)
 			continue;
-		printf("%-7s %-22s %-16s %12.1f %10.3f %6.3f..%-6.3f  %s\n", w->suite, w->param,
-		       w->contender, w->ns_per_op, w->ratio_med, w->ratio_min, w->ratio_max,
-		       w->ratio_of);
-		if (w->note[0] && strcmp(w->note, last_note) != 0)
-			printf("        note: %s\n", w->note);
-		last_note = w->note;
+		printf("%-7s %-16s %-13s %11.1f %10.3f %6.3f..%-6.3f %9.3f  %s\n", w->suite,
+		       w->param, w->contender, w->ns_per_op, w->ratio_med, w->ratio_min,
+		       w->ratio_max, w->cpu_ratio_med, w->ratio_of);
+		/* A measurement's note once, under its last row. */
+		bool last = i + 1 == nrows || strcmp(rows[i + 1].param, w->param) != 0 ||
+			    strcmp(rows[i + 1].suite, w->suite) != 0;
+		if (last && w->note[0])
+			printf("        (%s)\n", w->note);
 	}
 	fflush(stdout);
 }
@@ -286,6 +373,10 @@ static int write_json(const struct bench_opts *opts)
 		json_num(f, w->ratio_min);
 		fprintf(f, ", \"ratio_max\": ");
 		json_num(f, w->ratio_max);
+		fprintf(f, ", \"cpu_ns_per_op_median\": ");
+		json_num(f, w->cpu_ns_per_op);
+		fprintf(f, ", \"cpu_ratio_median\": ");
+		json_num(f, w->cpu_ratio_med);
 		fprintf(f, ", \"rounds\": %d, \"ops_per_round\": %llu, \"note\": ", w->rounds,
 			(unsigned long long)w->ops);
 		json_str(f, w->note);

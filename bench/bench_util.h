@@ -6,8 +6,9 @@
  * round runs each of them once, in the order given (A B C, A B C, ...), after one
  * untimed warm-up round. A contender times only the part being compared (its own setup
  * stays outside the clock). The comparison is the median over rounds of the per-round
- * ratio ura time / contender time, so drift that slows a whole round (frequency,
- * another process) cancels out; absolute times are printed as medians for context only.
+ * ratio ura time / contender time (per op), so drift that slows a whole round
+ * (frequency, another process) cancels out; absolute times are printed as medians for
+ * context only. Each ratio is computed on wall time and on the thread's CPU time.
  */
 #ifndef URA_BENCH_UTIL_H
 #define URA_BENCH_UTIL_H
@@ -30,37 +31,56 @@ struct bench_opts {
 };
 
 /*
- * One side of a comparison. run() performs one timed repetition and stores the elapsed
- * nanoseconds of its timed part in *ns; it returns 0 or a negative errno. By convention
- * contender 0 of a measurement is ura.
+ * The time of a run's timed part: wall clock, and the CPU time of the calling thread
+ * (user + system; with DEFER_TASKRUN the kernel's completion work runs in the thread
+ * too). Wall time is the headline; CPU time leaves out time the thread sat preempted
+ * by other processes, so on a busy machine it is the steadier of the two.
+ */
+struct bench_time {
+	uint64_t wall_ns, cpu_ns;
+};
+
+/* A stopwatch for timed parts: start, then stop adds the interval to a bench_time. */
+struct bench_clock {
+	uint64_t wall, cpu;
+};
+void bench_clock_start(struct bench_clock *c);
+void bench_clock_stop(const struct bench_clock *c, struct bench_time *acc);
+
+/*
+ * One side of a comparison. run() performs one run of ops operations, adding the time
+ * of its timed part to *t (zeroed by the caller); it returns 0 or a negative errno.
+ * Contenders are compared per operation, so their ops may differ (a slow baseline may
+ * do fewer per run). By convention contender 0 of a measurement is ura.
  */
 struct bench_contender {
 	const char *name;
-	int (*run)(void *ctx, uint64_t *ns);
+	int (*run)(void *ctx, struct bench_time *t);
 	void *ctx;
+	uint64_t ops;
 };
-
-/* Monotonic clock in nanoseconds. */
-uint64_t bench_now_ns(void);
 
 /*
  * Runs one warm-up round, then `rounds` timed rounds of every contender in order.
- * ns must hold nc * rounds values; ns[c * rounds + r] is contender c in round r.
+ * t must hold nc * rounds values; t[c * rounds + r] is contender c in round r.
  * label names the measurement on the progress line (stderr). Returns 0 or the first
  * contender error (the measurement is then abandoned).
  */
 int bench_rounds(const struct bench_contender *c, size_t nc, int rounds, const char *label,
-		 uint64_t *ns);
+		 struct bench_time *t);
 
 /*
  * Summarises one measurement into result rows (kept until bench_finish): per contender
- * the median time per op (ns / ops); for each contender i > 0 the median of per-round
- * ratios ura / contender i; for ura, the same ratio against the contender with the
- * lowest median ("best"). ops is the number of operations one run performs.
- * note (may be NULL) is printed with the table, e.g. a reduced workload.
+ * the median wall time per op; for each contender i > 0 the median of per-round ratios
+ * (ura time per op / contender i time per op), on wall and on CPU time; for ura, the
+ * same ratios against the contender with the lowest median wall time ("best"). note
+ * (may be NULL) is printed under the measurement's rows, e.g. a reduced workload.
  */
 int bench_record(const char *suite, const char *param, const struct bench_contender *c,
-		 size_t nc, int rounds, const uint64_t *ns, uint64_t ops, const char *note);
+		 size_t nc, int rounds, const struct bench_time *t, const char *note);
+
+/* Median over rounds of one contender's wall time per op; row holds its `rounds` times. */
+double bench_median_per_op(const struct bench_time *row, int rounds, uint64_t ops);
 
 /* Prints the rows recorded for suite as a table on stdout. */
 void bench_print_table(const char *suite);
@@ -70,14 +90,17 @@ int bench_finish(const struct bench_opts *opts);
 
 /*
  * A raw ring for a baseline, set up like ura's: SINGLE_ISSUER|DEFER_TASKRUN where the
- * kernel has them, else no flags; cq_entries (0: the kernel's default) via CQSIZE.
- * *flags gets the setup flags used. The caller frees it with io_uring_queue_exit.
+ * kernel has them, else no flags; cq_entries (0: the kernel's default) via CQSIZE; with
+ * CLAMP, so the kernel may grant less than asked (see the ring's sq/cq.ring_entries).
+ * *flags gets the setup flags used besides CQSIZE and CLAMP. The caller frees the ring
+ * with io_uring_queue_exit.
  */
 int bench_ring_init(struct io_uring *ring, unsigned sq_entries, unsigned cq_entries,
 		    unsigned *flags);
 
-/* "ura ring: ...; raw ring: ..." describing the setup flags in use, for table notes. */
-void bench_ring_note(char *buf, size_t len, ura_loop *loop, unsigned raw_flags);
+/* "ura ring SQ/CQ flags; raw ring SQ/CQ flags": the rings as set up, for table notes. */
+void bench_ring_note(char *buf, size_t len, ura_loop *loop, const struct io_uring *raw,
+		     unsigned raw_flags);
 
 /* Progress and diagnostics on stderr, printf-like. */
 void bench_progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

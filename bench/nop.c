@@ -4,8 +4,9 @@
  * A NOP does no kernel work beyond a submission and a completion, so the difference
  * between ura NOP tasks and raw liburing NOPs is what the runtime adds per task: the
  * registry slot, the session accounting, the CQE copy and the callback. Both sides
- * submit a batch, then run one enter-and-reap step at a time until the whole batch has
- * completed, which is what an event loop does with wait = true.
+ * submit a batch, then enter and reap until the whole batch has completed: ura with
+ * ura_loop_run_once(loop, true), raw with one io_uring_submit_and_wait for the batch.
+ * NOPs complete during the submit, so both need one enter per batch.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -14,8 +15,12 @@
 
 #include "bench_util.h"
 
-#define NOP_OPS 200000u
-#define NOP_OPS_QUICK 50000u
+/* Operations per run: batch 1 costs one syscall per op, so it gets fewer to keep runs
+ * of every batch size in the same range (tens to hundreds of milliseconds). */
+#define NOP_OPS 1000000u
+#define NOP_OPS_QUICK 200000u
+#define NOP_OPS_BATCH1 200000u
+#define NOP_OPS_BATCH1_QUICK 50000u
 /* Same ring sizes on both sides: ura's defaults. */
 #define NOP_SQ 256u
 #define NOP_CQ (8u * NOP_SQ)
@@ -45,11 +50,12 @@ static void nop_done(ura_session *s, ura_task t, int32_t res, uint32_t cqe_flags
 		u->errors++;
 }
 
-static int ura_run(void *ctx, uint64_t *ns)
+static int ura_run(void *ctx, struct bench_time *t)
 {
 	struct nop_ura *u = ctx;
+	struct bench_clock clk;
 	u->done = 0;
-	uint64_t t0 = bench_now_ns();
+	bench_clock_start(&clk);
 	for (uint64_t sent = 0; sent < u->ops; sent += u->batch) {
 		for (unsigned i = 0; i < u->batch; i++) {
 			int r = ura_nop(u->s, nop_done, u, NULL);
@@ -62,7 +68,7 @@ static int ura_run(void *ctx, uint64_t *ns)
 				return r;
 		}
 	}
-	*ns = bench_now_ns() - t0;
+	bench_clock_stop(&clk, t);
 	if (u->errors || u->done != u->ops) {
 		bench_warn("nop: ura saw %llu completions, %llu with an error",
 			   (unsigned long long)u->done, (unsigned long long)u->errors);
@@ -71,12 +77,13 @@ static int ura_run(void *ctx, uint64_t *ns)
 	return 0;
 }
 
-static int raw_run(void *ctx, uint64_t *ns)
+static int raw_run(void *ctx, struct bench_time *t)
 {
 	struct nop_raw *x = ctx;
 	struct io_uring *ring = &x->ring;
+	struct bench_clock clk;
 	uint64_t done = 0, errors = 0;
-	uint64_t t0 = bench_now_ns();
+	bench_clock_start(&clk);
 	for (uint64_t sent = 0; sent < x->ops; sent += x->batch) {
 		for (unsigned i = 0; i < x->batch; i++) {
 			struct io_uring_sqe *q = io_uring_get_sqe(ring);
@@ -86,7 +93,7 @@ static int raw_run(void *ctx, uint64_t *ns)
 			io_uring_sqe_set_data64(q, 1);
 		}
 		while (done < sent + x->batch) {
-			int r = io_uring_submit_and_wait(ring, 1);
+			int r = io_uring_submit_and_wait(ring, (unsigned)(sent + x->batch - done));
 			if (r < 0 && r != -EINTR)
 				return r;
 			unsigned head, seen = 0;
@@ -100,7 +107,7 @@ static int raw_run(void *ctx, uint64_t *ns)
 			done += seen;
 		}
 	}
-	*ns = bench_now_ns() - t0;
+	bench_clock_stop(&clk, t);
 	if (errors) {
 		bench_warn("nop: raw saw %llu completions with an error",
 			   (unsigned long long)errors);
@@ -109,9 +116,15 @@ static int raw_run(void *ctx, uint64_t *ns)
 	return 0;
 }
 
+static uint64_t nop_ops(unsigned batch, bool quick)
+{
+	if (batch == 1)
+		return quick ? NOP_OPS_BATCH1_QUICK : NOP_OPS_BATCH1;
+	return quick ? NOP_OPS_QUICK : NOP_OPS;
+}
+
 int bench_nop(const struct bench_opts *opts)
 {
-	uint64_t ops = opts->quick ? NOP_OPS_QUICK : NOP_OPS;
 	struct ura_loop_config cfg = { .sq_entries = NOP_SQ, .cq_entries = NOP_CQ };
 	struct nop_ura u = { 0 };
 	struct nop_raw x;
@@ -128,36 +141,37 @@ int bench_nop(const struct bench_opts *opts)
 		goto out_loop;
 	}
 	u.s = ura_session_shared(u.loop);
-	bench_ring_note(note, sizeof(note), u.loop, raw_flags);
+	bench_ring_note(note, sizeof(note), u.loop, &x.ring, raw_flags);
 
-	const struct bench_contender c[] = {
-		{ "ura", ura_run, &u },
-		{ "raw-liburing", raw_run, &x },
+	struct bench_contender c[] = {
+		{ "ura", ura_run, &u, 0 },
+		{ "raw-liburing", raw_run, &x, 0 },
 	};
 	enum { NC = sizeof(c) / sizeof(c[0]) };
-	uint64_t *ns = calloc(NC * (size_t)opts->rounds, sizeof(*ns));
-	if (!ns) {
+	struct bench_time *t = calloc(NC * (size_t)opts->rounds, sizeof(*t));
+	if (!t) {
 		r = -ENOMEM;
 		goto out_ring;
 	}
 	for (size_t b = 0; b < sizeof(batches) / sizeof(batches[0]); b++) {
 		/* Whole batches only, so both sides do exactly the same work. */
+		uint64_t ops = nop_ops(batches[b], opts->quick);
 		u.batch = x.batch = batches[b];
-		u.ops = x.ops = ops - ops % batches[b];
+		u.ops = x.ops = c[0].ops = c[1].ops = ops - ops % batches[b];
 		char param[48];
 		snprintf(param, sizeof(param), "batch=%u", batches[b]);
 		char label[64];
 		snprintf(label, sizeof(label), "nop %s", param);
-		r = bench_rounds(c, NC, opts->rounds, label, ns);
+		r = bench_rounds(c, NC, opts->rounds, label, t);
 		if (r < 0)
-			goto out_ring;
-		r = bench_record("nop", param, c, NC, opts->rounds, ns, u.ops, note);
+			goto out_t;
+		r = bench_record("nop", param, c, NC, opts->rounds, t, note);
 		if (r < 0)
-			goto out_ns;
+			goto out_t;
 	}
 	bench_print_table("nop");
-out_ns:
-	free(ns);
+out_t:
+	free(t);
 out_ring:
 	io_uring_queue_exit(&x.ring);
 out_loop:

@@ -279,6 +279,97 @@ size_t ura_msg_len(const ura_msg *m);
  * for a message made by ura_msg_new, and for NULL. Any thread. */
 bool ura_msg_expects_reply(const ura_msg *m);
 
+
+/* ----------------------------------------------------------- connections */
+
+typedef struct ura_conn ura_conn;
+typedef struct ura_listener ura_listener;
+
+enum ura_event_type { URA_EVENT_MESSAGE, URA_EVENT_ERROR };
+enum ura_error {
+	URA_ERROR_CONNECTION_INTERRUPTED = 1, /* peer went away; a client by address reconnects */
+	URA_ERROR_CONNECTION_INVALID,         /* the final event: nothing follows it */
+	URA_ERROR_TERMINATION_IMMINENT,       /* the service is shutting down (ura_main) */
+};
+/* msg is borrowed for the call (ura_msg_ref keeps it); NULL for errors. */
+struct ura_event {
+	enum ura_event_type type;
+	enum ura_error error;
+	ura_msg *msg;
+};
+typedef void (*ura_event_fn)(ura_conn *c, const struct ura_event *ev, void *ctx);
+/* The callback owns one reference to peer (ura_conn_unref when done with it). */
+typedef void (*ura_accept_fn)(ura_listener *l, ura_conn *peer, void *ctx);
+
+/* Adopts a connected stream socket (the connection closes it). Inactive until
+ * ura_conn_activate. The caller owns one reference. Loop thread or any thread. */
+int ura_conn_new(ura_loop *loop, int fd, ura_conn **out);
+/* A client of "unix:/path", "unix:@abstract", "tcp:host:port" or "tcp:[v6]:port". A
+ * malformed address is -EINVAL here; one that cannot be reached is an INVALID event with
+ * the reason once active. A host name is resolved here (blocking). Any thread. */
+int ura_conn_connect(ura_loop *loop, const char *address, ura_conn **out);
+/* Sets the handler; only before activation (-EBUSY after). Any thread. */
+int ura_conn_set_event_handler(ura_conn *c, ura_event_fn fn, void *ctx);
+/* Largest frame payload accepted or sent (default 16 MiB); before activation. */
+int ura_conn_set_max_frame(ura_conn *c, uint32_t bytes);
+/* Starts delivery; again is a no-op. Any thread. */
+void ura_conn_activate(ura_conn *c);
+/* Counted: no handler runs and nothing is sent while suspended. Resume on an inactive
+ * connection activates it; more resumes than suspends: -EINVAL. Any thread. */
+int ura_conn_suspend(ura_conn *c);
+int ura_conn_resume(ura_conn *c);
+/* Queues m (a reference is taken) in order. -ESHUTDOWN once cancelled. Any thread. */
+int ura_conn_send(ura_conn *c, ura_msg *m);
+/* As send; reply(c, event, arg) runs exactly once on the loop thread with the answer
+ * (a MESSAGE event) or an error event (INTERRUPTED, INVALID). Any thread. */
+int ura_conn_send_with_reply(ura_conn *c, ura_msg *m, ura_event_fn reply, void *arg);
+/* Answers request (a received message that expects a reply) with reply. Any thread. */
+int ura_conn_reply(ura_conn *c, ura_msg *request, ura_msg *reply);
+ura_loop *ura_conn_loop(ura_conn *c);
+/* Asynchronous, non-preemptive, idempotent: unsent messages are dropped, in-flight I/O
+ * is cancelled, pending replies get CONNECTION_INVALID, then the handler gets one final
+ * CONNECTION_INVALID event and never runs again. Any thread. */
+void ura_conn_cancel(ura_conn *c);
+/* NULL while valid; once invalid, a malloc'd reason the caller frees. Any thread. */
+char *ura_conn_copy_invalidation_reason(ura_conn *c);
+ura_conn *ura_conn_ref(ura_conn *c);   /* any thread */
+/* The last unref of a live connection cancels it; the runtime keeps the object until its
+ * final event. Any thread; NULL is fine. */
+void ura_conn_unref(ura_conn *c);
+
+/* Listens on address (multishot accept); each peer arrives inactive in fn. -EADDRINUSE
+ * when taken. The caller owns one reference. Loop thread. */
+int ura_listener_new(ura_loop *loop, const char *address, ura_accept_fn fn, void *ctx,
+		     ura_listener **out);
+/* Stops accepting (asynchronous; fn is not called after the cancel took effect). */
+void ura_listener_cancel(ura_listener *l);
+void ura_listener_unref(ura_listener *l);
+ura_loop *ura_listener_loop(ura_listener *l);
+/* The bound address (e.g. the port chosen for "tcp:127.0.0.1:0"), snprintf-like. */
+size_t ura_listener_address(ura_listener *l, char *buf, size_t len);
+
+/* -------------------------------------------------------------- services */
+
+/* Work that must finish before a graceful shutdown. Any thread. */
+void ura_transaction_begin(ura_loop *loop);
+void ura_transaction_end(ura_loop *loop);
+/* Open transactions on the loop. Any thread. */
+uint64_t ura_transaction_count(ura_loop *loop);
+
+struct ura_main_config {
+	uint32_t shutdown_timeout_ms; /* wait for transactions after the signal; 0: 10000 */
+	uint32_t reserved[7];         /* must be zero */
+	/* Called on the loop thread once listening, e.g. to report the bound address. */
+	void (*ready)(ura_loop *loop, ura_listener *l, void *ctx);
+};
+/* Runs a service on address: accepts peers into fn until SIGTERM or SIGINT, then stops
+ * accepting, sends TERMINATION_IMMINENT once to each peer, waits (bounded) for open
+ * transactions to reach zero, cancels every connection, drains and returns 0. The
+ * signals are blocked in the calling thread and read through the ring (signalfd). */
+int ura_main(const char *address, ura_accept_fn fn, void *ctx);
+int ura_main_with(const char *address, const struct ura_main_config *cfg, ura_accept_fn fn,
+		  void *ctx);
+
 #pragma GCC visibility pop
 
 #ifdef __cplusplus

@@ -144,8 +144,8 @@ static int check_header(struct ura__frame_decoder *d, const uint8_t *h, size_t f
 				    "flags 0x%02x: EXPECTS_REPLY and IS_REPLY both set", flags);
 	}
 	if (COMPLETES(END_RESERVED) && get_le16(h + 6) != 0)
-		return fail(d, URA__FRAME_ERESERVED, "reserved header field is 0x%04x, must be zero",
-			    get_le16(h + 6));
+		return fail(d, URA__FRAME_ERESERVED,
+			    "reserved header field is 0x%04x, must be zero", get_le16(h + 6));
 	if (COMPLETES(END_LEN)) {
 		uint32_t len = get_le32(h + 16);
 		if (len > d->max_payload)
@@ -244,6 +244,10 @@ int ura__frame_decode(struct ura__frame_decoder *d, const void *in, size_t len,
 			r = URA__FRAME_NEED_BUFFER;
 			goto out;
 		case ST_FILL: {
+			if (avail == 0) {
+				r = URA__FRAME_MORE;
+				goto out;
+			}
 			size_t n = min_size(d->cur.len - d->buf_have, avail);
 			memcpy(d->buf + d->buf_have, p + off, n);
 			off += n;
@@ -306,7 +310,9 @@ int ura__frame_decoder_finish(struct ura__frame_decoder *d)
 
 void *ura__frame_decoder_reset(struct ura__frame_decoder *d)
 {
-	void *buf = d->state == ST_FILL ? d->buf : NULL;
+	/* Set by give, cleared when the frame is handed out: held in between, also when
+	 * finish failed the stream inside that frame. */
+	void *buf = d->buf;
 	ura__frame_decoder_init(d, d->max_payload);
 	return buf;
 }

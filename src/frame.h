@@ -13,7 +13,21 @@
  * rest of the library, so the fuzz harness builds this file alone. The decoder is
  * incremental: feed it chunks split anywhere; it yields each frame with its payload
  * pointing into the chunk, and copies only a payload that straddles chunks, into a
- * buffer the caller gives it.
+ * buffer the caller gives it. A receive path looks like:
+ *
+ *	for (size_t off = 0, used;; off += used) {
+ *		int r = ura__frame_decode(&d, buf + off, n - off, &used, &f);
+ *		if (r == URA__FRAME_MORE)
+ *			break;                        // wait for the next read
+ *		if (r == URA__FRAME_NEED_BUFFER) {    // e.g. a new message's payload
+ *			ura__msg_alloc(ura__frame_decoder_need(&d), &m, &p);
+ *			ura__frame_decoder_give(&d, p);
+ *			continue;
+ *		}
+ *		if (r < 0)
+ *			fail(r, ura__frame_decoder_reason(&d));
+ *		deliver(&f);                          // f.payload valid while buf is
+ *	}
  */
 #ifndef URA_FRAME_H
 #define URA_FRAME_H
@@ -31,8 +45,10 @@
 
 /* Header flag bits. */
 enum {
-	URA__FRAME_EXPECTS_REPLY = 1u << 0, /* the sender waits for a frame with IS_REPLY and this id */
-	URA__FRAME_IS_REPLY = 1u << 1,      /* answers the EXPECTS_REPLY frame with this id */
+	/* The sender waits for one frame with IS_REPLY and this id. */
+	URA__FRAME_EXPECTS_REPLY = 1u << 0,
+	/* Answers the EXPECTS_REPLY frame with this id. */
+	URA__FRAME_IS_REPLY = 1u << 1,
 	URA__FRAME_FLAGS_KNOWN = URA__FRAME_EXPECTS_REPLY | URA__FRAME_IS_REPLY,
 };
 
@@ -81,7 +97,7 @@ struct ura__frame_decoder {
 	uint8_t hdr_have;                  /* header bytes gathered in hdr */
 	uint8_t hdr[URA__FRAME_HEADER_SIZE];
 	struct ura__frame cur;             /* the frame whose header is complete */
-	unsigned char *buf;                /* the caller's buffer for a straddling payload */
+	unsigned char *buf;                /* the caller's, from give until handed out */
 	uint32_t buf_have;                 /* payload bytes copied into buf */
 	int error;                         /* the sticky error, or 0 */
 	char reason[128];                  /* why it failed; "" while it has not */

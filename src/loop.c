@@ -26,6 +26,7 @@
 
 #include "alloc.h"
 
+#include "conn.h"
 #include "loop.h"
 #include "session.h"
 #include "task.h"
@@ -372,7 +373,11 @@ static unsigned reap(ura_loop *loop)
 
 static bool must_not_block(ura_loop *loop)
 {
+	/* Backlogged work must not wait behind tasks that may never complete: this enter
+	 * empties the SQ and the next iteration moves the backlog into it. */
 	return loop->deferred.len || !ura__inbox_empty(&loop->inbox) ||
+	       loop->backlog_head < loop->backlog.len ||
+	       loop->cancel_backlog_head < loop->cancel_backlog.len ||
 	       atomic_load_explicit(&loop->stop, memory_order_acquire) ||
 	       io_uring_cq_has_overflow(&loop->ring) || io_uring_cq_ready(&loop->ring);
 }
@@ -495,6 +500,7 @@ void ura_loop_free(ura_loop *loop)
 		ura__session_invalidate_all(loop, -ESHUTDOWN);
 	}
 	disarm_wake(loop, deadline);
+	ura__conn_loop_cleanup(loop);
 	/* Closing the ring makes the kernel cancel and wait for anything left, so what
 	 * follows touches no memory the kernel still uses. */
 	io_uring_queue_exit(&loop->ring);

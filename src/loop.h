@@ -92,6 +92,11 @@ struct ura_loop {
 	bool freeing;             /* ura_loop_free has started: no new sessions */
 	bool freeing_ring;        /* the wakeup read is being retired: do not re-arm it */
 
+	/* Open transactions (ura_transaction_begin/end), any thread. */
+	_Atomic uint64_t transactions;
+	/* The receive buffer ring connections share (conn_io.c), created on first use. */
+	ura_buf_ring *conn_bufs;
+
 	/* Any thread: a stop request; sessions to rescan (a notification failed to allocate). */
 	_Atomic bool stop;
 	_Atomic bool sessions_dirty;

@@ -1,0 +1,677 @@
+/*
+ * Connections with XPC's lifecycle.
+ *
+ * Threads. The public calls work from any thread. What they must answer at once is kept
+ * in atomics (suspend count, activated, cancelled); everything else runs on the loop
+ * thread: a call made elsewhere posts a small command (ura_loop_post), so commands from
+ * one thread reach the connection in the order they were made.
+ *
+ * Lifecycle. INACTIVE until activated (a client then connects), OPEN while receiving and
+ * sending, DISCONNECTED for a client whose peer left (pending replies and the handler got
+ * INTERRUPTED; the next send reconnects), CANCELLING while its I/O session is being
+ * invalidated, DONE once the final CONNECTION_INVALID event is delivered. Cancel is
+ * non-preemptive: it only marks and asks; the final event comes from the I/O session's
+ * did_become_invalid, i.e. on a later loop iteration, after every in-flight task of the
+ * connection has had its terminal call. Nothing of the connection runs after it.
+ *
+ * Suspension. While suspended (or inactive), events and reply calls are held in order and
+ * nothing is written; resume delivers what was held, the final event last.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "alloc.h"
+#include "conn.h"
+#include "session.h"
+
+/* ----------------------------------------------------------- references */
+
+static void conn_free(ura_conn *c)
+{
+	ura__free(atomic_load_explicit(&c->reason, memory_order_acquire));
+	pthread_mutex_destroy(&c->lock);
+	ura__free(c->unanswered);
+	ura__free(c);
+}
+
+ura_conn *ura_conn_ref(ura_conn *c)
+{
+	if (c) {
+		/* Relaxed: the caller already holds a reference; nothing to order. */
+		atomic_fetch_add_explicit(&c->user_refs, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+	}
+	return c;
+}
+
+static void release(ura_conn *c)
+{
+	/* acq_rel: the last release sees every other holder's writes before freeing. */
+	if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+		conn_free(c);
+}
+
+void ura_conn_unref(ura_conn *c)
+{
+	if (!c)
+		return;
+	if (atomic_fetch_sub_explicit(&c->user_refs, 1, memory_order_acq_rel) == 1)
+		ura_conn_cancel(c); /* nobody can use it any more: end it */
+	release(c);
+}
+
+/* -------------------------------------------------------------- creation */
+
+static void io_session_invalid(ura_session *s, int error, void *ctx);
+
+static const struct ura_session_delegate io_delegate = {
+	.did_become_invalid = io_session_invalid,
+};
+
+static int conn_alloc(ura_loop *loop, ura_conn **out)
+{
+	if (!loop || !out)
+		return -EINVAL;
+	ura_conn *c = ura__zalloc(sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->loop = loop;
+	c->fd = -1;
+	c->max_frame = URA__FRAME_MAX_PAYLOAD_DEFAULT;
+	c->next_id = 1;
+	/* The caller's reference, and the runtime's until the final event. */
+	atomic_init(&c->refs, 2);
+	atomic_init(&c->user_refs, 1);
+	pthread_mutex_init(&c->lock, NULL);
+	int r = ura_session_new(loop, &io_delegate, c, &c->io);
+	if (r < 0) {
+		pthread_mutex_destroy(&c->lock);
+		ura__free(c);
+		return r;
+	}
+	ura__frame_decoder_init(&c->dec, c->max_frame);
+	*out = c;
+	return 0;
+}
+
+int ura_conn_new(ura_loop *loop, int fd, ura_conn **out)
+{
+	if (fd < 0)
+		return -EINVAL;
+	int r = conn_alloc(loop, out);
+	if (r == 0)
+		(*out)->fd = fd;
+	return r;
+}
+
+int ura_conn_connect(ura_loop *loop, const char *address, ura_conn **out)
+{
+	struct ura__address addr;
+	int r = address ? ura__address_parse(address, &addr) : -EINVAL;
+	if (r < 0)
+		return r;
+	r = conn_alloc(loop, out);
+	if (r == 0) {
+		(*out)->addr = addr;
+		(*out)->by_address = true;
+	}
+	return r;
+}
+
+int ura_conn_set_event_handler(ura_conn *c, ura_event_fn fn, void *ctx)
+{
+	if (!c)
+		return -EINVAL;
+	if (atomic_load_explicit(&c->activated, memory_order_acquire))
+		return -EBUSY;
+	c->handler = fn;
+	c->ctx = ctx;
+	return 0;
+}
+
+int ura_conn_set_max_frame(ura_conn *c, uint32_t bytes)
+{
+	if (!c || bytes == 0)
+		return -EINVAL;
+	if (atomic_load_explicit(&c->activated, memory_order_acquire))
+		return -EBUSY;
+	c->max_frame = bytes;
+	c->dec.max_payload = bytes;
+	return 0;
+}
+
+ura_loop *ura_conn_loop(ura_conn *c)
+{
+	return c ? c->loop : NULL;
+}
+
+char *ura_conn_copy_invalidation_reason(ura_conn *c)
+{
+	/* Acquire: pairs with the release store that published the reason text. */
+	const char *r = c ? atomic_load_explicit(&c->reason, memory_order_acquire) : NULL;
+	return r ? strdup(r) : NULL;
+}
+
+/* --------------------------------------------------- commands to the loop */
+
+enum op_kind { OP_ACTIVATE, OP_SUSPENSION, OP_SEND, OP_CANCEL };
+
+struct op {
+	ura_conn *c; /* holds a reference until the op ran */
+	enum op_kind kind;
+	struct ura__out *out;
+	uint8_t flags;
+	uint64_t reply_to;
+	ura_event_fn reply;
+	void *arg;
+};
+
+static void run_op(void *arg);
+
+/* Runs op now on the loop thread, or posts it there. Takes op. */
+static int dispatch(struct op *op)
+{
+	atomic_fetch_add_explicit(&op->c->refs, 1, memory_order_relaxed);
+	if (ura__on_loop(op->c->loop)) {
+		run_op(op);
+		return 0;
+	}
+	int r = ura_loop_post(op->c->loop, run_op, op);
+	if (r < 0) {
+		release(op->c);
+		if (op->out) {
+			op->out->txn_loop = NULL; /* ura_conn_reply ends it on this error */
+			ura__conn_free_out(op->out);
+		}
+		ura__free(op);
+	}
+	return r;
+}
+
+static int simple_op(ura_conn *c, enum op_kind kind)
+{
+	struct op *op = ura__zalloc(sizeof(*op));
+	if (!op)
+		return -ENOMEM;
+	op->c = c;
+	op->kind = kind;
+	return dispatch(op);
+}
+
+/* ------------------------------------------------------------ delivery */
+
+static bool holding(ura_conn *c)
+{
+	return atomic_load_explicit(&c->suspend, memory_order_acquire) > 0 ||
+	       !atomic_load_explicit(&c->activated, memory_order_acquire);
+}
+
+static void call(ura_conn *c, ura_event_fn fn, void *arg, const struct ura_event *ev)
+{
+	if (fn)
+		fn(c, ev, arg);
+	else if (c->handler)
+		c->handler(c, ev, c->ctx);
+}
+
+void ura__conn_deliver(ura_conn *c, ura_event_fn fn, void *arg, const struct ura_event *ev)
+{
+	/* Once cancelled, the handler hears nothing but the final event. */
+	if (!fn && c->state >= URA__CONN_CANCELLING)
+		return;
+	/* After the final event only reply handlers can be left (a send_with_reply that
+	 * raced the cancel): they are told at once, nothing waits for a resume any more. */
+	if ((!holding(c) && !c->held_head) || c->state == URA__CONN_DONE) {
+		call(c, fn, arg, ev);
+		return;
+	}
+	struct ura__held_event *h = ura__malloc(sizeof(*h));
+	if (!h) {
+		call(c, fn, arg, ev); /* out of memory: deliver now rather than lose it */
+		return;
+	}
+	h->next = NULL;
+	h->ev = *ev;
+	h->ev.msg = ura_msg_ref(ev->msg);
+	h->fn = fn;
+	h->arg = arg;
+	if (c->held_tail)
+		c->held_tail->next = h;
+	else
+		c->held_head = h;
+	c->held_tail = h;
+}
+
+static void deliver_final(ura_conn *c);
+static void drop_held_handler_events(ura_conn *c);
+
+/* Delivers held events while the connection is active and not suspended. */
+static void flush_held(ura_conn *c)
+{
+	if (c->state >= URA__CONN_CANCELLING)
+		drop_held_handler_events(c);
+	while (c->held_head && !holding(c)) {
+		struct ura__held_event *h = c->held_head;
+		c->held_head = h->next;
+		if (!c->held_head)
+			c->held_tail = NULL;
+		call(c, h->fn, h->arg, &h->ev);
+		ura_msg_unref(h->ev.msg);
+		ura__free(h);
+	}
+	if (c->final_pending && !c->held_head)
+		deliver_final(c);
+}
+
+static void error_event(ura_conn *c, ura_event_fn fn, void *arg, enum ura_error e)
+{
+	struct ura_event ev = { .type = URA_EVENT_ERROR, .error = e, .msg = NULL };
+	ura__conn_deliver(c, fn, arg, &ev);
+}
+
+/* ------------------------------------------------------------- replies */
+
+static struct ura__reply **bucket(ura_conn *c, uint64_t id)
+{
+	return &c->replies[id % URA__REPLY_BUCKETS];
+}
+
+static struct ura__reply *take_reply(ura_conn *c, uint64_t id)
+{
+	for (struct ura__reply **p = bucket(c, id); *p; p = &(*p)->next) {
+		if ((*p)->id == id) {
+			struct ura__reply *r = *p;
+			*p = r->next;
+			return r;
+		}
+	}
+	return NULL;
+}
+
+/* Tells every pending reply handler e, once each. */
+static void fail_replies(ura_conn *c, enum ura_error e)
+{
+	for (unsigned b = 0; b < URA__REPLY_BUCKETS; b++) {
+		while (c->replies[b]) {
+			struct ura__reply *r = c->replies[b];
+			c->replies[b] = r->next;
+			error_event(c, r->fn, r->arg, e);
+			ura__free(r);
+		}
+	}
+}
+
+/* Unanswered requests: each holds a transaction until answered or the end. */
+static void hold_request(ura_conn *c, uint64_t id)
+{
+	pthread_mutex_lock(&c->lock);
+	if (c->n_unanswered == c->cap_unanswered) {
+		size_t cap = c->cap_unanswered ? c->cap_unanswered * 2 : 8;
+		uint64_t *grown = ura__realloc(c->unanswered, cap * sizeof(*grown));
+		if (!grown) {
+			pthread_mutex_unlock(&c->lock);
+			return; /* not tracked: a reply to it will be refused as unknown */
+		}
+		c->unanswered = grown;
+		c->cap_unanswered = cap;
+	}
+	c->unanswered[c->n_unanswered++] = id;
+	pthread_mutex_unlock(&c->lock);
+	ura_transaction_begin(c->loop);
+}
+
+/* Marks the request answered; its transaction moves to the reply's queue entry. */
+static bool answer_request(ura_conn *c, uint64_t id)
+{
+	bool found = false;
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < c->n_unanswered; i++) {
+		if (c->unanswered[i] == id) {
+			c->unanswered[i] = c->unanswered[--c->n_unanswered];
+			found = true;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+	return found;
+}
+
+static void release_requests(ura_conn *c)
+{
+	pthread_mutex_lock(&c->lock);
+	size_t n = c->n_unanswered;
+	c->n_unanswered = 0;
+	pthread_mutex_unlock(&c->lock);
+	while (n--)
+		ura_transaction_end(c->loop);
+}
+
+/* --------------------------------------------------------- state machine */
+
+void ura__conn_frame(ura_conn *c, const struct ura__frame *f)
+{
+	ura_msg *m;
+	if (ura__msg_from_frame(f, &m) < 0) {
+		ura__conn_invalidate(c, "no memory for a message");
+		return;
+	}
+	struct ura_event ev = { .type = URA_EVENT_MESSAGE, .msg = m };
+	if (f->flags & URA__FRAME_IS_REPLY) {
+		struct ura__reply *r = take_reply(c, f->id);
+		if (!r) {
+			char why[96];
+			snprintf(why, sizeof(why), "protocol error: reply to unknown id %llu",
+				 (unsigned long long)f->id);
+			ura_msg_unref(m);
+			ura__conn_invalidate(c, why);
+			return;
+		}
+		ura__conn_deliver(c, r->fn, r->arg, &ev);
+		ura__free(r);
+	} else {
+		if (f->flags & URA__FRAME_EXPECTS_REPLY)
+			hold_request(c, f->id);
+		ura__conn_deliver(c, NULL, NULL, &ev);
+	}
+	ura_msg_unref(m);
+}
+
+static void set_reason(ura_conn *c, const char *reason)
+{
+	if (atomic_load_explicit(&c->reason, memory_order_relaxed))
+		return;
+	char *copy = ura__malloc(strlen(reason) + 1);
+	if (copy)
+		strcpy(copy, reason);
+	/* Release: the text is complete before another thread can see the pointer. */
+	atomic_store_explicit(&c->reason, copy, memory_order_release);
+}
+
+void ura__conn_invalidate(ura_conn *c, const char *reason)
+{
+	if (c->state >= URA__CONN_CANCELLING)
+		return;
+	set_reason(c, reason);
+	c->state = URA__CONN_CANCELLING;
+	atomic_store_explicit(&c->cancelled, true, memory_order_release);
+	ura__conn_drop_unsent(c);
+	/* Every task of the connection is cancelled; the session's final event (a later
+	 * iteration, after every terminal call) finishes the job in io_session_invalid. */
+	ura_session_invalidate_and_cancel(c->io);
+}
+
+void ura__conn_peer_gone(ura_conn *c, int err)
+{
+	if (!c->by_address) {
+		char why[96];
+		if (err)
+			snprintf(why, sizeof(why), "peer closed: %s", strerror(err));
+		else
+			snprintf(why, sizeof(why), "peer closed");
+		ura__conn_invalidate(c, why);
+		return;
+	}
+	/* A client by address survives: replies and handler hear INTERRUPTED, what was
+	 * half written is sent again whole after the reconnect that the next send makes. */
+	c->state = URA__CONN_DISCONNECTED;
+	if (c->writing)
+		(void)ura_task_cancel(c->io, c->write_task);
+	c->head_written = 0;
+	void *partial = ura__frame_decoder_reset(&c->dec);
+	if (partial)
+		ura_msg_unref(ura__msg_of_data(partial));
+	fail_replies(c, URA_ERROR_CONNECTION_INTERRUPTED);
+	error_event(c, NULL, NULL, URA_ERROR_CONNECTION_INTERRUPTED);
+	ura__conn_close_fd_if_idle(c);
+}
+
+static void deliver_final(ura_conn *c)
+{
+	if (holding(c) && atomic_load_explicit(&c->suspend, memory_order_acquire) > 0) {
+		c->final_pending = true; /* a suspended connection says it on resume */
+		return;
+	}
+	c->final_pending = false;
+	c->state = URA__CONN_DONE;
+	struct ura_event ev = { .type = URA_EVENT_ERROR, .error = URA_ERROR_CONNECTION_INVALID };
+	if (c->handler)
+		c->handler(c, &ev, c->ctx);
+	/* Never again: the handler and its ctx are forgotten. */
+	c->handler = NULL;
+	c->ctx = NULL;
+	if (c->active_counted) {
+		c->active_counted = false;
+		c->loop->active_handles--;
+	}
+	ura_session_unref(c->io);
+	c->io = NULL;
+	release(c); /* the runtime's reference */
+}
+
+/* Cancel drops what the handler has not seen yet (it hears only the final event from
+ * now on); reply handlers keep their one call each. */
+static void drop_held_handler_events(ura_conn *c)
+{
+	struct ura__held_event **p = &c->held_head;
+	c->held_tail = NULL;
+	while (*p) {
+		struct ura__held_event *h = *p;
+		if (!h->fn) {
+			*p = h->next;
+			ura_msg_unref(h->ev.msg);
+			ura__free(h);
+			continue;
+		}
+		c->held_tail = h;
+		p = &h->next;
+	}
+}
+
+/* The I/O session drained: no task of the connection is in the kernel any more. */
+static void io_session_invalid(ura_session *s, int error, void *ctx)
+{
+	(void)s, (void)error;
+	ura_conn *c = ctx;
+	c->state = URA__CONN_CANCELLING;
+	c->tasks_on_fd = 0;
+	ura__conn_close_fd_if_idle(c);
+	ura__conn_drop_unsent(c);
+	void *partial = ura__frame_decoder_reset(&c->dec);
+	if (partial)
+		ura_msg_unref(ura__msg_of_data(partial));
+	drop_held_handler_events(c);
+	fail_replies(c, URA_ERROR_CONNECTION_INVALID);
+	release_requests(c);
+	/* The final event is delivered even to a connection never activated: it is how the
+	 * owner learns the connection is gone. Held events go first. */
+	atomic_store_explicit(&c->activated, true, memory_order_release);
+	c->final_pending = true;
+	flush_held(c);
+}
+
+/* -------------------------------------------------------------- the ops */
+
+static void op_activate(ura_conn *c)
+{
+	if (c->state != URA__CONN_INACTIVE)
+		return;
+	c->active_counted = true;
+	c->loop->active_handles++;
+	if (c->by_address)
+		ura__conn_start_connect(c);
+	else
+		ura__conn_start_io(c);
+}
+
+static void op_send(ura_conn *c, struct op *op)
+{
+	struct ura__out *o = op->out;
+	op->out = NULL;
+	if (c->state >= URA__CONN_CANCELLING) {
+		/* Too late: a reply handler still hears about it, exactly once. */
+		if (op->reply)
+			error_event(c, op->reply, op->arg, URA_ERROR_CONNECTION_INVALID);
+		ura__conn_free_out(o);
+		return;
+	}
+	uint64_t id = op->reply_to;
+	if (op->reply) {
+		struct ura__reply *r = ura__malloc(sizeof(*r));
+		if (!r) {
+			error_event(c, op->reply, op->arg, URA_ERROR_CONNECTION_INVALID);
+			ura__conn_free_out(o);
+			return;
+		}
+		id = c->next_id++;
+		r->id = id;
+		r->fn = op->reply;
+		r->arg = op->arg;
+		r->next = *bucket(c, id);
+		*bucket(c, id) = r;
+	}
+	(void)ura__msg_encode_header(o->msg, op->flags, id, c->max_frame, o->hdr);
+	o->next = NULL;
+	if (c->out_tail)
+		c->out_tail->next = o;
+	else
+		c->out_head = o;
+	c->out_tail = o;
+	if (c->state == URA__CONN_DISCONNECTED && c->fd < 0)
+		ura__conn_start_connect(c);
+	ura__conn_kick_writer(c);
+}
+
+static void run_op(void *arg)
+{
+	struct op *op = arg;
+	ura_conn *c = op->c;
+	switch (op->kind) {
+	case OP_ACTIVATE:
+		op_activate(c);
+		flush_held(c);
+		break;
+	case OP_SUSPENSION:
+		flush_held(c);
+		ura__conn_kick_writer(c);
+		break;
+	case OP_SEND:
+		op_send(c, op);
+		break;
+	case OP_CANCEL:
+		ura__conn_invalidate(c, "cancelled");
+		break;
+	}
+	release(c);
+	ura__free(op);
+}
+
+/* ------------------------------------------------------------ public ops */
+
+void ura_conn_activate(ura_conn *c)
+{
+	if (!c || atomic_exchange_explicit(&c->activated, true, memory_order_acq_rel))
+		return;
+	(void)simple_op(c, OP_ACTIVATE);
+}
+
+int ura_conn_suspend(ura_conn *c)
+{
+	if (!c)
+		return -EINVAL;
+	/* Relaxed is enough for the count itself; the loop re-reads it with acquire. */
+	atomic_fetch_add_explicit(&c->suspend, 1, memory_order_acq_rel);
+	return 0;
+}
+
+int ura_conn_resume(ura_conn *c)
+{
+	if (!c)
+		return -EINVAL;
+	int n = atomic_load_explicit(&c->suspend, memory_order_acquire);
+	do {
+		if (n == 0) {
+			if (atomic_load_explicit(&c->activated, memory_order_acquire))
+				return -EINVAL; /* more resumes than suspends */
+			ura_conn_activate(c); /* resume on an inactive connection activates */
+			return 0;
+		}
+	} while (!atomic_compare_exchange_weak_explicit(&c->suspend, &n, n - 1,
+							memory_order_acq_rel,
+							memory_order_acquire));
+	if (n == 1)
+		return simple_op(c, OP_SUSPENSION);
+	return 0;
+}
+
+void ura_conn_cancel(ura_conn *c)
+{
+	if (!c || atomic_exchange_explicit(&c->cancelled, true, memory_order_acq_rel))
+		return;
+	(void)simple_op(c, OP_CANCEL);
+}
+
+static int send_common(ura_conn *c, ura_msg *m, uint8_t flags, uint64_t reply_to,
+		       ura_event_fn reply, void *arg)
+{
+	if (!c || !m)
+		return -EINVAL;
+	if (ura_msg_len(m) > c->max_frame)
+		return -EMSGSIZE;
+	if (atomic_load_explicit(&c->cancelled, memory_order_acquire))
+		return -ESHUTDOWN;
+	struct op *op = ura__zalloc(sizeof(*op));
+	struct ura__out *o = ura__malloc(sizeof(*o));
+	if (!op || !o) {
+		ura__free(op);
+		ura__free(o);
+		return -ENOMEM;
+	}
+	o->msg = ura_msg_ref(m);
+	o->txn_loop = (flags & URA__FRAME_IS_REPLY) ? c->loop : NULL;
+	op->c = c;
+	op->kind = OP_SEND;
+	op->out = o;
+	op->flags = flags;
+	op->reply_to = reply_to;
+	op->reply = reply;
+	op->arg = arg;
+	return dispatch(op);
+}
+
+int ura_conn_send(ura_conn *c, ura_msg *m)
+{
+	return send_common(c, m, 0, 0, NULL, NULL);
+}
+
+int ura_conn_send_with_reply(ura_conn *c, ura_msg *m, ura_event_fn reply, void *arg)
+{
+	if (!reply)
+		return -EINVAL;
+	return send_common(c, m, URA__FRAME_EXPECTS_REPLY, 0, reply, arg);
+}
+
+int ura_conn_reply(ura_conn *c, ura_msg *request, ura_msg *reply)
+{
+	if (!c || !request || !reply || !(ura__msg_flags(request) & URA__FRAME_EXPECTS_REPLY))
+		return -EINVAL;
+	if (atomic_load_explicit(&c->cancelled, memory_order_acquire))
+		return -ESHUTDOWN;
+	if (!answer_request(c, ura__msg_id(request)))
+		return -EINVAL; /* not a request of this connection, or answered already */
+	int r = send_common(c, reply, URA__FRAME_IS_REPLY, ura__msg_id(request), NULL, NULL);
+	if (r < 0)
+		ura_transaction_end(c->loop); /* the reply will never be written */
+	return r;
+}
+
+void ura__conn_notify(ura_conn *c, enum ura_error e)
+{
+	error_event(c, NULL, NULL, e);
+}
+
+bool ura__conn_is_live(const ura_conn *c)
+{
+	return c->state < URA__CONN_CANCELLING;
+}

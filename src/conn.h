@@ -1,0 +1,115 @@
+/* Connections: XPC lifecycle over a private session's tasks. See conn.c and conn_io.c. */
+#ifndef URA_CONN_H
+#define URA_CONN_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "address.h"
+#include "frame.h"
+#include "loop.h"
+#include "msg.h"
+
+#define URA__CONN_BATCH 32        /* messages per sendmsg */
+#define URA__REPLY_BUCKETS 64     /* pending replies, by id */
+#define URA__CONN_BUF_GROUP 0x5552 /* the loop's shared receive buffer group */
+#define URA__CONN_BUFS 256
+#define URA__CONN_BUF_SIZE 16384
+
+/* A message waiting to be written, framed. */
+struct ura__out {
+	struct ura__out *next;
+	ura_msg *msg;
+	ura_loop *txn_loop; /* a reply holds its request's transaction until written */
+	uint8_t hdr[URA__FRAME_HEADER_SIZE];
+};
+
+/* A reply handler waiting for the frame that answers id. */
+struct ura__reply {
+	struct ura__reply *next;
+	uint64_t id;
+	ura_event_fn fn;
+	void *arg;
+};
+
+/* An event held back while the connection is inactive or suspended. fn NULL: the
+ * connection's handler. */
+struct ura__held_event {
+	struct ura__held_event *next;
+	struct ura_event ev;
+	ura_event_fn fn;
+	void *arg;
+};
+
+enum ura__conn_state {
+	URA__CONN_INACTIVE,     /* created, not activated */
+	URA__CONN_CONNECTING,   /* client: connect in flight */
+	URA__CONN_OPEN,         /* receiving and sending */
+	URA__CONN_DISCONNECTED, /* client whose peer left: the next send reconnects */
+	URA__CONN_CANCELLING,   /* its I/O session is being invalidated */
+	URA__CONN_DONE,         /* final event delivered (or waiting for resume to be) */
+};
+
+struct ura_conn {
+	ura_loop *loop;
+	_Atomic uint32_t refs;      /* memory: users' plus the runtime's until the final event */
+	_Atomic uint32_t user_refs; /* the last user unref cancels */
+	_Atomic int suspend;        /* suspend count, any thread */
+	_Atomic bool activated;
+	_Atomic bool cancelled;
+	_Atomic(char *) reason;     /* set once, on the loop thread, before the final event */
+	ura_event_fn handler;       /* set before activation; read on the loop thread */
+	void *ctx;
+	uint32_t max_frame;
+
+	/* Requests received that expect a reply and are not answered yet (any thread
+	 * answers, so under a lock). Each holds one transaction of the loop. */
+	pthread_mutex_t lock;
+	uint64_t *unanswered;
+	size_t n_unanswered, cap_unanswered;
+
+	/* Loop thread only. */
+	enum ura__conn_state state;
+	bool by_address;
+	bool final_pending;          /* the final event waits for resume */
+	int fd;
+	struct ura__address addr;
+	ura_session *io;             /* every task of the connection runs here */
+	unsigned tasks_on_fd;        /* connect/recv/write tasks using fd */
+	bool recv_live, writing;
+	ura_task write_task;
+	struct ura__out *out_head, *out_tail;
+	uint32_t in_write;           /* entries the write in flight covers */
+	size_t head_written;         /* bytes of out_head already written */
+	struct iovec iov[2 * URA__CONN_BATCH];
+	struct msghdr mh;
+	struct ura__reply *replies[URA__REPLY_BUCKETS];
+	uint64_t next_id;
+	struct ura__held_event *held_head, *held_tail;
+	struct ura__frame_decoder dec;
+	bool active_counted;         /* counted in loop->active_handles */
+};
+
+/* Loop-thread entry points shared by conn.c and conn_io.c. */
+void ura__conn_deliver(ura_conn *c, ura_event_fn fn, void *arg, const struct ura_event *ev);
+void ura__conn_invalidate(ura_conn *c, const char *reason);
+void ura__conn_peer_gone(ura_conn *c, int err);
+void ura__conn_frame(ura_conn *c, const struct ura__frame *f);
+/* Tells the connection's handler e (TERMINATION_IMMINENT from ura_main). */
+void ura__conn_notify(ura_conn *c, enum ura_error e);
+bool ura__conn_is_live(const ura_conn *c);
+
+/* conn_io.c */
+void ura__conn_start_io(ura_conn *c);
+void ura__conn_start_connect(ura_conn *c);
+void ura__conn_kick_writer(ura_conn *c);
+void ura__conn_drop_unsent(ura_conn *c);
+void ura__conn_free_out(struct ura__out *o);
+void ura__conn_close_fd_if_idle(ura_conn *c);
+/* Frees the loop's shared receive buffers (ura_loop_free, after the drain). */
+void ura__conn_loop_cleanup(ura_loop *loop);
+
+#endif

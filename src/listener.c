@@ -1,0 +1,180 @@
+/*
+ * Listeners: a bound socket with a multishot accept task in a private session. Each
+ * accepted socket becomes an inactive connection handed to the accept callback, which
+ * owns one reference to it. Cancelling invalidates the session; its final event closes
+ * the socket (and removes a unix socket file the listener created).
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "address.h"
+#include "alloc.h"
+#include "conn.h"
+#include "session.h"
+
+struct ura_listener {
+	ura_loop *loop;
+	_Atomic uint32_t refs;  /* the caller's and the runtime's until the final event */
+	_Atomic bool cancelled;
+	int fd;
+	ura_session *io;
+	ura_accept_fn fn;
+	void *ctx;
+	struct ura__address addr; /* as bound (the chosen port for port 0) */
+	bool unlink_path;
+	bool active_counted;      /* loop thread */
+};
+
+static void release(ura_listener *l)
+{
+	/* acq_rel: the last release sees the other holders' writes before freeing. */
+	if (atomic_fetch_sub_explicit(&l->refs, 1, memory_order_acq_rel) == 1)
+		ura__free(l);
+}
+
+static void on_accept(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg);
+
+static int arm(ura_listener *l)
+{
+	return ura_accept_multishot(l->io, l->fd, SOCK_CLOEXEC, on_accept, l, NULL);
+}
+
+static void on_accept(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg)
+{
+	(void)s, (void)t;
+	ura_listener *l = arg;
+	bool live = !atomic_load_explicit(&l->cancelled, memory_order_acquire);
+	if (res >= 0) {
+		ura_conn *peer;
+		if (!live || ura_conn_new(l->loop, res, &peer) < 0)
+			close(res);
+		else if (l->fn)
+			l->fn(l, peer, l->ctx);
+		else
+			ura_conn_unref(peer);
+	}
+	/* A multishot accept can end on an error (EMFILE, ENOBUFS): keep listening. */
+	if (!(flags & IORING_CQE_F_MORE) && live && res != -ECANCELED && arm(l) < 0)
+		ura_listener_cancel(l);
+}
+
+static void listener_invalid(ura_session *s, int error, void *ctx)
+{
+	(void)s, (void)error;
+	ura_listener *l = ctx;
+	close(l->fd);
+	if (l->unlink_path) {
+		struct sockaddr_un *un = (struct sockaddr_un *)&l->addr.ss;
+		unlink(un->sun_path);
+	}
+	if (l->active_counted) {
+		l->active_counted = false;
+		l->loop->active_handles--;
+	}
+	ura_session_unref(l->io);
+	l->io = NULL;
+	release(l);
+}
+
+static const struct ura_session_delegate listener_delegate = {
+	.did_become_invalid = listener_invalid,
+};
+
+static int bind_listen(ura_listener *l)
+{
+	int fd = ura__address_socket(&l->addr);
+	if (fd < 0)
+		return fd;
+	int one = 1;
+	if (l->addr.family != AF_UNIX)
+		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, (struct sockaddr *)&l->addr.ss, l->addr.len) < 0 || listen(fd, SOMAXCONN) < 0) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	l->addr.len = sizeof(l->addr.ss);
+	(void)getsockname(fd, (struct sockaddr *)&l->addr.ss, &l->addr.len);
+	l->fd = fd;
+	return 0;
+}
+
+int ura_listener_new(ura_loop *loop, const char *address, ura_accept_fn fn, void *ctx,
+		     ura_listener **out)
+{
+	if (!loop || !address || !fn || !out)
+		return -EINVAL;
+	ura_listener *l = ura__zalloc(sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	l->loop = loop;
+	l->fn = fn;
+	l->ctx = ctx;
+	atomic_init(&l->refs, 2);
+	int r = ura__address_parse(address, &l->addr);
+	if (r < 0)
+		goto err_free;
+	r = bind_listen(l);
+	if (r < 0)
+		goto err_free;
+	l->unlink_path = l->addr.family == AF_UNIX &&
+			 ((struct sockaddr_un *)&l->addr.ss)->sun_path[0] != '\0';
+	r = ura_session_new(loop, &listener_delegate, l, &l->io);
+	if (r < 0)
+		goto err_close;
+	r = arm(l);
+	if (r < 0)
+		goto err_session;
+	l->active_counted = true;
+	loop->active_handles++;
+	*out = l;
+	return 0;
+err_session:
+	ura_session_invalidate_and_cancel(l->io); /* its final event closes and releases */
+	release(l);
+	return r;
+err_close:
+	close(l->fd);
+	if (l->unlink_path)
+		unlink(((struct sockaddr_un *)&l->addr.ss)->sun_path);
+err_free:
+	ura__free(l);
+	return r;
+}
+
+void ura_listener_cancel(ura_listener *l)
+{
+	if (!l || atomic_exchange_explicit(&l->cancelled, true, memory_order_acq_rel))
+		return;
+	ura_session_invalidate_and_cancel(l->io);
+}
+
+void ura_listener_unref(ura_listener *l)
+{
+	if (!l)
+		return;
+	ura_listener_cancel(l); /* a listener nobody holds cannot be stopped otherwise */
+	release(l);
+}
+
+ura_loop *ura_listener_loop(ura_listener *l)
+{
+	return l ? l->loop : NULL;
+}
+
+size_t ura_listener_address(ura_listener *l, char *buf, size_t len)
+{
+	char text[160];
+	int n = l ? ura__address_format(&l->addr, text, sizeof(text)) : -EINVAL;
+	if (n < 0)
+		n = 0, text[0] = '\0';
+	if (buf && len) {
+		size_t c = (size_t)n < len - 1 ? (size_t)n : len - 1;
+		memcpy(buf, text, c);
+		buf[c] = '\0';
+	}
+	return (size_t)n;
+}

@@ -1,0 +1,486 @@
+/* Connections: XPC lifecycle, messages with replies, errors with reasons, listeners. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "frame.h"
+#include "helpers.h"
+
+static ura_loop *loop;
+
+static void setup(void)
+{
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+}
+
+static void teardown(void)
+{
+	ura_loop_free(loop);
+}
+
+TestSuite(conn, .init = setup, .fini = teardown);
+
+/* What a handler saw. */
+struct seen {
+	_Atomic int messages, interrupted, invalid, imminent, after_invalid;
+	char last[64];
+	ura_conn *echo_on;   /* when set, requests are answered with "re:" + payload */
+};
+
+static void on_event(ura_conn *c, const struct ura_event *ev, void *ctx)
+{
+	struct seen *s = ctx;
+	if (atomic_load(&s->invalid))
+		atomic_fetch_add(&s->after_invalid, 1);
+	if (ev->type == URA_EVENT_MESSAGE) {
+		atomic_fetch_add(&s->messages, 1);
+		size_t n = ura_msg_len(ev->msg);
+		if (n >= sizeof(s->last))
+			n = sizeof(s->last) - 1;
+		memcpy(s->last, ura_msg_data(ev->msg), n);
+		s->last[n] = '\0';
+		if (ura_msg_expects_reply(ev->msg)) {
+			char text[80];
+			snprintf(text, sizeof(text), "re:%s", s->last);
+			ura_msg *r;
+			cr_assert_eq(ura_msg_new(text, strlen(text), &r), 0);
+			cr_assert_eq(ura_conn_reply(c, ev->msg, r), 0);
+			cr_assert_eq(ura_conn_reply(c, ev->msg, r), -EINVAL, "answered twice");
+			ura_msg_unref(r);
+		}
+		return;
+	}
+	switch (ev->error) {
+	case URA_ERROR_CONNECTION_INTERRUPTED: atomic_fetch_add(&s->interrupted, 1); break;
+	case URA_ERROR_CONNECTION_INVALID: atomic_fetch_add(&s->invalid, 1); break;
+	case URA_ERROR_TERMINATION_IMMINENT: atomic_fetch_add(&s->imminent, 1); break;
+	}
+}
+
+struct reply_rec {
+	_Atomic int calls, messages, invalid, interrupted;
+	char text[64];
+};
+
+static void on_reply(ura_conn *c, const struct ura_event *ev, void *arg)
+{
+	(void)c;
+	struct reply_rec *r = arg;
+	atomic_fetch_add(&r->calls, 1);
+	if (ev->type == URA_EVENT_MESSAGE) {
+		atomic_fetch_add(&r->messages, 1);
+		size_t n = ura_msg_len(ev->msg);
+		if (n >= sizeof(r->text))
+			n = sizeof(r->text) - 1;
+		memcpy(r->text, ura_msg_data(ev->msg), n);
+		r->text[n] = '\0';
+	} else if (ev->error == URA_ERROR_CONNECTION_INVALID) {
+		atomic_fetch_add(&r->invalid, 1);
+	} else if (ev->error == URA_ERROR_CONNECTION_INTERRUPTED) {
+		atomic_fetch_add(&r->interrupted, 1);
+	}
+}
+
+static ura_msg *msg(const char *text)
+{
+	ura_msg *m;
+	cr_assert_eq(ura_msg_new(text, strlen(text), &m), 0);
+	return m;
+}
+
+static bool run_until_int(const _Atomic int *v, int want, unsigned ms)
+{
+	uint64_t end = th_now_ms() + ms;
+	while (atomic_load(v) < want && th_now_ms() < end)
+		ura_loop_run_once(loop, false);
+	return atomic_load(v) >= want;
+}
+
+/* Two adopted connections over a socketpair. */
+static void pair(ura_conn **a, struct seen *sa, ura_conn **b, struct seen *sb)
+{
+	int sv[2];
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	cr_assert_eq(ura_conn_new(loop, sv[0], a), 0);
+	cr_assert_eq(ura_conn_new(loop, sv[1], b), 0);
+	cr_assert_eq(ura_conn_set_event_handler(*a, on_event, sa), 0);
+	cr_assert_eq(ura_conn_set_event_handler(*b, on_event, sb), 0);
+}
+
+Test(conn, send_with_reply_gets_the_answer_once)
+{
+	ura_conn *a, *b;
+	struct seen sa = { 0 }, sb = { 0 };
+	pair(&a, &sa, &b, &sb);
+	ura_conn_activate(a);
+	ura_conn_activate(b);
+	ura_conn_activate(b); /* again: a no-op */
+	struct reply_rec r[10];
+	memset(r, 0, sizeof(r));
+	for (int i = 0; i < 10; i++) {
+		char text[16];
+		snprintf(text, sizeof(text), "ping%d", i);
+		ura_msg *m = msg(text);
+		cr_assert_eq(ura_conn_send_with_reply(a, m, on_reply, &r[i]), 0);
+		ura_msg_unref(m);
+	}
+	for (int i = 0; i < 10; i++) {
+		cr_assert(run_until_int(&r[i].calls, 1, 5000), "reply %d never came", i);
+		char want[16];
+		snprintf(want, sizeof(want), "re:ping%d", i);
+		cr_assert_str_eq(r[i].text, want);
+	}
+	cr_assert_eq(atomic_load(&sb.messages), 10);
+	cr_assert_null(ura_conn_copy_invalidation_reason(a), "valid connection has a reason");
+	cr_assert_eq(ura_conn_loop(a), loop);
+	ura_conn_cancel(a);
+	ura_conn_cancel(b);
+	cr_assert(run_until_int(&sa.invalid, 1, 5000));
+	cr_assert(run_until_int(&sb.invalid, 1, 5000));
+	th_spin(loop, 10);
+	for (int i = 0; i < 10; i++)
+		cr_assert_eq(atomic_load(&r[i].calls), 1, "reply %d called %d times", i,
+			     atomic_load(&r[i].calls));
+	ura_conn_unref(a);
+	ura_conn_unref(b);
+	cr_assert_eq(ura_loop_run(loop), 0);
+}
+
+Test(conn, messages_sent_before_activation_wait_for_it)
+{
+	ura_conn *a, *b;
+	struct seen sa = { 0 }, sb = { 0 };
+	pair(&a, &sa, &b, &sb);
+	ura_msg *m = msg("early");
+	cr_assert_eq(ura_conn_send(a, m), 0);
+	ura_conn_activate(b);
+	th_spin(loop, 30);
+	cr_assert_eq(atomic_load(&sb.messages), 0, "an inactive connection sent");
+	ura_conn_activate(a);
+	cr_assert(run_until_int(&sb.messages, 1, 5000));
+	cr_assert_str_eq(sb.last, "early");
+	ura_msg_unref(m);
+	ura_conn_unref(a);
+	ura_conn_unref(b);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&sa.invalid), 1, "the last unref must cancel");
+	cr_assert_eq(atomic_load(&sb.invalid), 1);
+}
+
+Test(conn, cancel_fails_pending_replies_then_one_final_event)
+{
+	ura_conn *a, *b;
+	struct seen sa = { 0 }, sb = { 0 };
+	pair(&a, &sa, &b, &sb);
+	/* b never answers: it stays inactive, so requests stay pending. */
+	ura_conn_activate(a);
+	struct reply_rec r[5];
+	memset(r, 0, sizeof(r));
+	for (int i = 0; i < 5; i++) {
+		ura_msg *m = msg("q");
+		cr_assert_eq(ura_conn_send_with_reply(a, m, on_reply, &r[i]), 0);
+		ura_msg_unref(m);
+	}
+	th_spin(loop, 20);
+	ura_conn_cancel(a);
+	ura_conn_cancel(a); /* idempotent */
+	cr_assert_eq(atomic_load(&sa.invalid), 0, "final event inside cancel");
+	cr_assert(run_until_int(&sa.invalid, 1, 5000));
+	for (int i = 0; i < 5; i++) {
+		cr_assert_eq(atomic_load(&r[i].calls), 1);
+		cr_assert_eq(atomic_load(&r[i].invalid), 1);
+	}
+	ura_msg *m = msg("late");
+	cr_assert_eq(ura_conn_send(a, m), -ESHUTDOWN);
+	ura_msg_unref(m);
+	char *why = ura_conn_copy_invalidation_reason(a);
+	cr_assert_not_null(why);
+	cr_assert_str_eq(why, "cancelled");
+	free(why);
+	th_spin(loop, 20);
+	cr_assert_eq(atomic_load(&sa.invalid), 1);
+	cr_assert_eq(atomic_load(&sa.after_invalid), 0);
+	ura_conn_unref(a);
+	ura_conn_unref(b);
+	cr_assert_eq(ura_loop_run(loop), 0);
+}
+
+Test(conn, suspend_holds_events_and_the_final_one_until_resume)
+{
+	ura_conn *a, *b;
+	struct seen sa = { 0 }, sb = { 0 };
+	pair(&a, &sa, &b, &sb);
+	ura_conn_activate(a);
+	cr_assert_eq(ura_conn_resume(b), 0, "resume on an inactive connection activates");
+	cr_assert_eq(ura_conn_resume(b), -EINVAL, "more resumes than suspends");
+	cr_assert_eq(ura_conn_suspend(b), 0);
+	cr_assert_eq(ura_conn_suspend(b), 0);
+	ura_msg *m = msg("held");
+	cr_assert_eq(ura_conn_send(a, m), 0);
+	ura_msg_unref(m);
+	th_spin(loop, 30);
+	cr_assert_eq(atomic_load(&sb.messages), 0, "handler ran while suspended");
+	ura_conn_cancel(b);
+	th_spin(loop, 30);
+	cr_assert_eq(atomic_load(&sb.invalid), 0, "final event while suspended");
+	cr_assert_eq(ura_conn_resume(b), 0);
+	th_spin(loop, 10);
+	cr_assert_eq(atomic_load(&sb.invalid), 0, "still suspended once");
+	cr_assert_eq(ura_conn_resume(b), 0);
+	cr_assert(run_until_int(&sb.invalid, 1, 5000));
+	/* After cancel the handler hears only the final event: the held message is dropped. */
+	cr_assert_eq(atomic_load(&sb.messages), 0, "a held message was delivered after cancel");
+	cr_assert_eq(atomic_load(&sb.after_invalid), 0);
+	ura_conn_unref(a);
+	ura_conn_unref(b);
+	cr_assert_eq(ura_loop_run(loop), 0);
+}
+
+Test(conn, peer_closing_an_adopted_connection_is_invalid_with_reason)
+{
+	int sv[2];
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	ura_conn *a;
+	struct seen sa = { 0 };
+	cr_assert_eq(ura_conn_new(loop, sv[0], &a), 0);
+	ura_conn_set_event_handler(a, on_event, &sa);
+	ura_conn_activate(a);
+	struct reply_rec r = { 0 };
+	ura_msg *m = msg("q");
+	cr_assert_eq(ura_conn_send_with_reply(a, m, on_reply, &r), 0);
+	ura_msg_unref(m);
+	th_spin(loop, 20);
+	close(sv[1]);
+	cr_assert(run_until_int(&sa.invalid, 1, 5000));
+	cr_assert_eq(atomic_load(&r.invalid), 1);
+	char *why = ura_conn_copy_invalidation_reason(a);
+	cr_assert(why && strstr(why, "peer closed"), "reason: %s", why ? why : "(null)");
+	free(why);
+	ura_conn_unref(a);
+	cr_assert_eq(ura_loop_run(loop), 0);
+}
+
+/* Writes raw bytes at an adopted connection and expects it to end with a reason. */
+static void expect_protocol_error(const void *bytes, size_t len, const char *needle)
+{
+	int sv[2];
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	ura_conn *a;
+	struct seen sa = { 0 };
+	cr_assert_eq(ura_conn_new(loop, sv[0], &a), 0);
+	ura_conn_set_event_handler(a, on_event, &sa);
+	ura_conn_set_max_frame(a, 1024);
+	ura_conn_activate(a);
+	cr_assert_eq(write(sv[1], bytes, len), (ssize_t)len);
+	cr_assert(run_until_int(&sa.invalid, 1, 5000), "no INVALID for %s", needle);
+	char *why = ura_conn_copy_invalidation_reason(a);
+	cr_assert(why && strstr(why, needle), "reason '%s' lacks '%s'", why ? why : "(null)",
+		  needle);
+	free(why);
+	ura_conn_unref(a);
+	close(sv[1]);
+	/* Not ura_loop_run: the healthy pair beside it keeps the loop busy. */
+	th_spin(loop, 5);
+}
+
+Test(conn, malformed_input_ends_only_that_connection_with_a_reason)
+{
+	/* A healthy pair runs alongside and must be untouched. */
+	ura_conn *a, *b;
+	struct seen sa = { 0 }, sb = { 0 };
+	pair(&a, &sa, &b, &sb);
+	ura_conn_activate(a);
+	ura_conn_activate(b);
+
+	expect_protocol_error("GARBAGE-GARBAGE-GARBAGE", 23, "protocol error");
+	uint8_t f[URA__FRAME_HEADER_SIZE + 4];
+	size_t n;
+	cr_assert_eq(ura__frame_encode(f, sizeof(f), 0, 1, "abcd", 4, 0, &n), 0);
+	f[4] = 9; /* version */
+	expect_protocol_error(f, n, "protocol error");
+	uint8_t big[URA__FRAME_HEADER_SIZE];
+	cr_assert_eq(ura__frame_encode_header(big, 0, 1, 4096, 0), 0);
+	expect_protocol_error(big, sizeof(big), "4096");
+	cr_assert_eq(ura__frame_encode(f, sizeof(f), URA__FRAME_IS_REPLY, 77, "abcd", 4, 0, &n), 0);
+	expect_protocol_error(f, n, "unknown id 77");
+
+	struct reply_rec r = { 0 };
+	ura_msg *m = msg("still fine");
+	cr_assert_eq(ura_conn_send_with_reply(a, m, on_reply, &r), 0);
+	ura_msg_unref(m);
+	cr_assert(run_until_int(&r.calls, 1, 5000));
+	cr_assert_str_eq(r.text, "re:still fine");
+	ura_conn_unref(a);
+	ura_conn_unref(b);
+	cr_assert_eq(ura_loop_run(loop), 0);
+}
+
+Test(conn, truncated_frame_at_end_of_stream_is_invalid)
+{
+	uint8_t f[URA__FRAME_HEADER_SIZE + 4];
+	size_t n;
+	cr_assert_eq(ura__frame_encode(f, sizeof(f), 0, 1, "abcd", 4, 0, &n), 0);
+	int sv[2];
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	ura_conn *a;
+	struct seen sa = { 0 };
+	cr_assert_eq(ura_conn_new(loop, sv[0], &a), 0);
+	ura_conn_set_event_handler(a, on_event, &sa);
+	ura_conn_activate(a);
+	cr_assert_eq(write(sv[1], f, n - 2), (ssize_t)n - 2);
+	close(sv[1]);
+	cr_assert(run_until_int(&sa.invalid, 1, 5000));
+	char *why = ura_conn_copy_invalidation_reason(a);
+	cr_assert(why && strstr(why, "protocol error"), "reason: %s", why ? why : "(null)");
+	free(why);
+	ura_conn_unref(a);
+	cr_assert_eq(ura_loop_run(loop), 0);
+}
+
+/* ---- listeners and clients by address */
+
+struct server {
+	struct seen seen;
+	ura_conn *peers[8];
+	_Atomic int n;
+};
+
+static void accept_peer(ura_listener *l, ura_conn *peer, void *ctx)
+{
+	(void)l;
+	struct server *sv = ctx;
+	ura_conn_set_event_handler(peer, on_event, &sv->seen);
+	ura_conn_activate(peer);
+	int i = atomic_fetch_add(&sv->n, 1);
+	if (i < 8)
+		sv->peers[i] = peer;
+	else
+		ura_conn_unref(peer);
+}
+
+static void abstract_name(char *buf, size_t len)
+{
+	snprintf(buf, len, "unix:@ura-test-%d-%u", getpid(), (unsigned)rand());
+}
+
+Test(conn, client_by_address_survives_the_peer_and_reconnects)
+{
+	char addr[64];
+	abstract_name(addr, sizeof(addr));
+	struct server sv = { 0 };
+	ura_listener *l;
+	cr_assert_eq(ura_listener_new(loop, addr, accept_peer, &sv, &l), 0);
+	ura_listener *dup;
+	cr_assert_eq(ura_listener_new(loop, addr, accept_peer, &sv, &dup), -EADDRINUSE);
+	char bound[64];
+	cr_assert_eq(ura_listener_address(l, bound, sizeof(bound)), strlen(addr));
+	cr_assert_str_eq(bound, addr);
+
+	ura_conn *c;
+	struct seen sc = { 0 };
+	cr_assert_eq(ura_conn_connect(loop, addr, &c), 0);
+	ura_conn_set_event_handler(c, on_event, &sc);
+	ura_conn_activate(c);
+	struct reply_rec r1 = { 0 }, r2 = { 0 }, pending = { 0 };
+	ura_msg *m = msg("one");
+	cr_assert_eq(ura_conn_send_with_reply(c, m, on_reply, &r1), 0);
+	cr_assert(run_until_int(&r1.calls, 1, 5000));
+	cr_assert_str_eq(r1.text, "re:one");
+	/* The server drops the peer while a request is pending. */
+	ura_conn_suspend(sv.peers[0]);
+	cr_assert_eq(ura_conn_send_with_reply(c, m, on_reply, &pending), 0);
+	th_spin(loop, 20);
+	ura_conn_cancel(sv.peers[0]);
+	ura_conn_resume(sv.peers[0]);
+	cr_assert(run_until_int(&sc.interrupted, 1, 5000), "no INTERRUPTED");
+	cr_assert_eq(atomic_load(&pending.interrupted), 1);
+	cr_assert_eq(atomic_load(&sc.invalid), 0, "a client by address must stay usable");
+	/* The next send reconnects. */
+	cr_assert_eq(ura_conn_send_with_reply(c, m, on_reply, &r2), 0);
+	cr_assert(run_until_int(&r2.calls, 1, 5000), "no reply after reconnecting");
+	cr_assert_str_eq(r2.text, "re:one");
+	cr_assert_eq(atomic_load(&sv.n), 2);
+	ura_msg_unref(m);
+	ura_conn_unref(c);
+	for (int i = 0; i < atomic_load(&sv.n) && i < 8; i++)
+		ura_conn_unref(sv.peers[i]);
+	ura_listener_cancel(l);
+	ura_listener_unref(l);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&sc.invalid), 1);
+}
+
+Test(conn, failed_connect_is_an_invalid_event_with_reason)
+{
+	ura_conn *c;
+	struct seen sc = { 0 };
+	cr_assert_eq(ura_conn_connect(loop, "unix:/nonexistent/ura/socket", &c), 0);
+	ura_conn_set_event_handler(c, on_event, &sc);
+	struct reply_rec r = { 0 };
+	ura_msg *m = msg("lost");
+	cr_assert_eq(ura_conn_send_with_reply(c, m, on_reply, &r), 0);
+	ura_msg_unref(m);
+	ura_conn_activate(c);
+	cr_assert(run_until_int(&sc.invalid, 1, 5000), "a failed connect was silent");
+	cr_assert_eq(atomic_load(&r.invalid), 1);
+	char *why = ura_conn_copy_invalidation_reason(c);
+	cr_assert(why && strstr(why, "connect:"), "reason: %s", why ? why : "(null)");
+	free(why);
+	ura_conn_unref(c);
+	cr_assert_eq(ura_loop_run(loop), 0);
+}
+
+Test(conn, bad_arguments)
+{
+	ura_conn *c = NULL;
+	cr_assert_eq(ura_conn_connect(loop, "bogus:thing", &c), -EINVAL);
+	cr_assert_eq(ura_conn_connect(loop, NULL, &c), -EINVAL);
+	cr_assert_eq(ura_conn_new(loop, -1, &c), -EINVAL);
+	cr_assert_eq(ura_conn_new(NULL, 0, &c), -EINVAL);
+	cr_assert_eq(ura_conn_send(NULL, NULL), -EINVAL);
+	cr_assert_eq(ura_conn_suspend(NULL), -EINVAL);
+	ura_listener *l;
+	cr_assert_eq(ura_listener_new(loop, "tcp:127.0.0.1", accept_peer, NULL, &l), -EINVAL);
+	ura_conn_unref(NULL);
+	ura_conn_cancel(NULL);
+	cr_assert_eq(ura_loop_run(loop), 0);
+}
+
+Test(conn, tcp_loopback_round_trip)
+{
+	struct server sv = { 0 };
+	ura_listener *l;
+	cr_assert_eq(ura_listener_new(loop, "tcp:127.0.0.1:0", accept_peer, &sv, &l), 0);
+	char bound[64];
+	ura_listener_address(l, bound, sizeof(bound));
+	cr_assert_neq(strcmp(bound, "tcp:127.0.0.1:0"), 0, "port 0 not resolved: %s", bound);
+	ura_conn *c;
+	struct seen sc = { 0 };
+	cr_assert_eq(ura_conn_connect(loop, bound, &c), 0);
+	ura_conn_set_event_handler(c, on_event, &sc);
+	ura_conn_activate(c);
+	/* A payload larger than one receive buffer crosses chunks. */
+	size_t big = 100000;
+	char *payload = malloc(big);
+	for (size_t i = 0; i < big; i++)
+		payload[i] = (char)('a' + i % 26);
+	ura_msg *m;
+	cr_assert_eq(ura_msg_new(payload, big, &m), 0);
+	struct reply_rec r = { 0 };
+	cr_assert_eq(ura_conn_send_with_reply(c, m, on_reply, &r), 0);
+	cr_assert(run_until_int(&r.calls, 1, 10000));
+	cr_assert_eq(atomic_load(&r.messages), 1);
+	cr_assert_eq(strncmp(r.text, "re:abcdef", 9), 0, "got %s", r.text);
+	ura_msg_unref(m);
+	free(payload);
+	ura_conn_unref(c);
+	for (int i = 0; i < atomic_load(&sv.n) && i < 8; i++)
+		ura_conn_unref(sv.peers[i]);
+	ura_listener_unref(l);
+	cr_assert_eq(ura_loop_run(loop), 0);
+}

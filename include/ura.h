@@ -51,7 +51,8 @@ enum {
 
 struct ura_loop_config {
 	uint32_t sq_entries;  /* 0: 256; at most 32768 */
-	uint32_t cq_entries;  /* 0: 8 x sq_entries; at least sq_entries, at most 1048576 */
+	uint32_t cq_entries;  /* 0: 8 x sq_entries (clamped to 65536); at least sq_entries,
+			       * at most 65536 (the kernel's limit) */
 	uint32_t flags;       /* URA_LOOP_* */
 	uint32_t reserved[5]; /* must be zero */
 };

@@ -33,7 +33,7 @@
 
 #define DEFAULT_SQ 256u
 #define MAX_SQ 32768u
-#define MAX_CQ 1048576u
+#define MAX_CQ 65536u /* the kernel's IORING_MAX_CQ_ENTRIES */
 #define REAP_BATCH 64u
 #define FREE_DRAIN_NS (5ull * 1000 * 1000 * 1000)
 
@@ -96,7 +96,7 @@ static int ring_init(ura_loop *loop, unsigned sq, unsigned cq, uint32_t cfg_flag
 	static const struct {
 		uint32_t setup, feature, disabled_by;
 	} wanted[] = {
-		{ IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+		{ IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
 		  URA_FEATURE_SINGLE_ISSUER | URA_FEATURE_DEFER_TASKRUN, URA_LOOP_NO_DEFER_TASKRUN },
 		{ IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG, URA_FEATURE_COOP_TASKRUN,
 		  URA_LOOP_NO_COOP_TASKRUN },
@@ -128,6 +128,7 @@ static int ring_init(ura_loop *loop, unsigned sq, unsigned cq, uint32_t cfg_flag
 			loop->features = features |
 				((p.features & IORING_FEAT_NODROP) ? URA_FEATURE_NODROP : 0);
 			loop->sq_entries = p.sq_entries;
+			loop->cq_entries = p.cq_entries;
 			return 0;
 		}
 		if (r != -EINVAL)
@@ -156,6 +157,8 @@ static void arm_wake(ura_loop *loop)
 	loop->wake_armed = true;
 }
 
+__attribute__((tls_model("initial-exec"))) _Thread_local char ura__thread_mark;
+
 static _Atomic uint32_t next_loop_tag;
 
 int ura_loop_new(const struct ura_loop_config *cfg, ura_loop **out)
@@ -170,6 +173,7 @@ int ura_loop_new(const struct ura_loop_config *cfg, ura_loop **out)
 	if (!loop)
 		return -ENOMEM;
 	loop->owner = pthread_self();
+	loop->owner_mark = &ura__thread_mark;
 	/* Relaxed: the tag only has to differ between loops alive together, mostly. */
 	uint32_t tag = atomic_fetch_add_explicit(&next_loop_tag, 1, memory_order_relaxed) % 255 + 1;
 	ura__registry_init(&loop->registry, tag);
@@ -273,6 +277,8 @@ struct io_uring_sqe *ura__loop_cancel_sqe(ura_loop *loop)
 static unsigned run_commands(ura_loop *loop)
 {
 	unsigned n = 0;
+	if (ura__inbox_empty(&loop->inbox))
+		return 0; /* a plain load, instead of an exchange every iteration */
 	struct ura__inbox_node *node = ura__inbox_take(&loop->inbox);
 	while (node) {
 		struct ura__cmd *cmd = (struct ura__cmd *)node;
@@ -322,8 +328,10 @@ static unsigned run_deferred(ura_loop *loop)
 	unsigned n = batch.len;
 	batch.len = 0;
 	loop->deferred_alt = batch;
-	/* Acquire: pairs with the release store of a notifier that could not allocate. */
-	if (atomic_exchange_explicit(&loop->sessions_dirty, false, memory_order_acquire))
+	/* Acquire: pairs with the release store of a notifier that could not allocate.
+	 * The relaxed load first keeps the exchange off the common path. */
+	if (atomic_load_explicit(&loop->sessions_dirty, memory_order_relaxed) &&
+	    atomic_exchange_explicit(&loop->sessions_dirty, false, memory_order_acquire))
 		ura__session_rescan(loop);
 	return n;
 }
@@ -341,22 +349,25 @@ static void internal_cqe(ura_loop *loop, uint64_t user_data, int32_t res)
 	}
 }
 
-/* Reaps every CQE there is, in batches, copying each batch out before running callbacks
- * so the kernel may reuse the CQ entries while they run. */
+/* Reaps every CQE there is, in batches, copying each batch out and advancing the CQ
+ * head before running callbacks, so the kernel may reuse the entries while they run. The
+ * CQ is read inline (io_uring_for_each_cqe), not through a library call per batch. */
 static unsigned reap(ura_loop *loop)
 {
 	unsigned total = 0;
-	struct io_uring_cqe *cqes[REAP_BATCH];
 	struct { uint64_t data; int32_t res; uint32_t flags; } batch[REAP_BATCH];
 	for (;;) {
-		unsigned n = io_uring_peek_batch_cqe(&loop->ring, cqes, REAP_BATCH);
+		unsigned n = 0, head;
+		struct io_uring_cqe *cqe;
+		io_uring_for_each_cqe(&loop->ring, head, cqe) {
+			batch[n].data = cqe->user_data;
+			batch[n].res = cqe->res;
+			batch[n].flags = cqe->flags;
+			if (++n == REAP_BATCH)
+				break;
+		}
 		if (n == 0)
 			break;
-		for (unsigned i = 0; i < n; i++) {
-			batch[i].data = cqes[i]->user_data;
-			batch[i].res = cqes[i]->res;
-			batch[i].flags = cqes[i]->flags;
-		}
 		io_uring_cq_advance(&loop->ring, n);
 		for (unsigned i = 0; i < n; i++) {
 			if (batch[i].data & URA__TAG_BIT)
@@ -382,6 +393,23 @@ static bool must_not_block(ura_loop *loop)
 	       io_uring_cq_has_overflow(&loop->ring) || io_uring_cq_ready(&loop->ring);
 }
 
+/*
+ * How many completions a blocking enter may wait for. At least one; more when cancels are
+ * in the kernel: each produces a CQE promptly, and waiting for all of them in one enter
+ * lets the kernel run their task work in one go (with DEFER_TASKRUN it otherwise runs a
+ * bounded batch, about 20 items, per enter). Capped at half the CQ so the wait can
+ * always be met.
+ */
+static unsigned wait_count(ura_loop *loop)
+{
+	uint64_t queued = loop->cancel_backlog.len - loop->cancel_backlog_head;
+	uint64_t due = loop->cancels_in_flight > queued ? loop->cancels_in_flight - queued : 0;
+	uint64_t cap = loop->cq_entries / 2 ? loop->cq_entries / 2 : 1;
+	if (due > cap)
+		due = cap;
+	return due > 1 ? (unsigned)due : 1;
+}
+
 static int enter(ura_loop *loop, bool wait, const struct __kernel_timespec *timeout)
 {
 	int r;
@@ -392,7 +420,7 @@ static int enter(ura_loop *loop, bool wait, const struct __kernel_timespec *time
 		if (r == -ETIME)
 			r = 0;
 	} else if (wait) {
-		r = io_uring_submit_and_wait(&loop->ring, 1);
+		r = io_uring_submit_and_wait(&loop->ring, wait_count(loop));
 	} else {
 		r = io_uring_submit_and_get_events(&loop->ring);
 	}

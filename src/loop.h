@@ -65,9 +65,10 @@ struct ura__vec {
 struct ura_loop {
 	struct io_uring ring;
 	uint32_t features;
-	unsigned sq_entries;
+	unsigned sq_entries, cq_entries; /* as the kernel granted them */
 	unsigned cancel_headroom; /* SQ entries task submissions leave free for cancels */
 	pthread_t owner;
+	const void *owner_mark;   /* &ura__thread_mark of the owner thread (ura__on_loop) */
 
 	struct ura__registry registry;
 
@@ -107,9 +108,13 @@ struct ura_loop {
 	ura_session *shared;
 };
 
+/* One byte per thread whose address identifies the thread: comparing it is a TLS
+ * address computation, cheaper than a call to pthread_self on every submit. */
+extern __attribute__((tls_model("initial-exec"))) _Thread_local char ura__thread_mark;
+
 static inline bool ura__on_loop(const ura_loop *loop)
 {
-	return pthread_equal(pthread_self(), loop->owner);
+	return loop->owner_mark == &ura__thread_mark;
 }
 
 /* Sends a command to the loop thread and wakes it if needed. Any thread. */

@@ -15,75 +15,75 @@ static struct io_uring_sqe blank(void)
 	return sqe;
 }
 
+/*
+ * Prepares sqe with prep and submits it: in place in the ring when the fast path allows
+ * (see ura__fast_begin), else in a zeroed template through ura_submit. liburing's prep
+ * helpers write every field of the SQE, so the in-place SQE needs no clearing first.
+ */
+#define PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, prep)                              \
+	do {                                                                         \
+		struct ura__fast fast_;                                              \
+		if (ura__fast_begin((s), &fast_)) {                                  \
+			struct io_uring_sqe *sqe = fast_.sqe;                        \
+			prep;                                                        \
+			return ura__fast_commit(&fast_, (fn), (arg), (out));         \
+		}                                                                    \
+		struct io_uring_sqe tmpl_ = blank(), *sqe = &tmpl_;                 \
+		prep;                                                                \
+		return ura_submit((s), sqe, 0, (fn), (arg), (out));                  \
+	} while (0)
+
 int ura_nop(ura_session *s, ura_task_fn fn, void *arg, ura_task *out)
 {
-	struct io_uring_sqe sqe = blank();
-	io_uring_prep_nop(&sqe);
-	return ura_submit(s, &sqe, 0, fn, arg, out);
+	PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, io_uring_prep_nop(sqe));
 }
 
 int ura_read(ura_session *s, int fd, void *buf, unsigned len, uint64_t off,
 	     ura_task_fn fn, void *arg, ura_task *out)
 {
-	struct io_uring_sqe sqe = blank();
-	io_uring_prep_read(&sqe, fd, buf, len, off);
-	return ura_submit(s, &sqe, 0, fn, arg, out);
+	PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, io_uring_prep_read(sqe, fd, buf, len, off));
 }
 
 int ura_write(ura_session *s, int fd, const void *buf, unsigned len, uint64_t off,
 	      ura_task_fn fn, void *arg, ura_task *out)
 {
-	struct io_uring_sqe sqe = blank();
-	io_uring_prep_write(&sqe, fd, buf, len, off);
-	return ura_submit(s, &sqe, 0, fn, arg, out);
+	PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, io_uring_prep_write(sqe, fd, buf, len, off));
 }
 
 int ura_readv(ura_session *s, int fd, const struct iovec *iov, unsigned n, uint64_t off,
 	      ura_task_fn fn, void *arg, ura_task *out)
 {
-	struct io_uring_sqe sqe = blank();
-	io_uring_prep_readv(&sqe, fd, iov, n, off);
-	return ura_submit(s, &sqe, 0, fn, arg, out);
+	PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, io_uring_prep_readv(sqe, fd, iov, n, off));
 }
 
 int ura_writev(ura_session *s, int fd, const struct iovec *iov, unsigned n, uint64_t off,
 	       ura_task_fn fn, void *arg, ura_task *out)
 {
-	struct io_uring_sqe sqe = blank();
-	io_uring_prep_writev(&sqe, fd, iov, n, off);
-	return ura_submit(s, &sqe, 0, fn, arg, out);
+	PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, io_uring_prep_writev(sqe, fd, iov, n, off));
 }
 
 int ura_recv(ura_session *s, int fd, void *buf, size_t len, int flags,
 	     ura_task_fn fn, void *arg, ura_task *out)
 {
-	struct io_uring_sqe sqe = blank();
-	io_uring_prep_recv(&sqe, fd, buf, len, flags);
-	return ura_submit(s, &sqe, 0, fn, arg, out);
+	PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, io_uring_prep_recv(sqe, fd, buf, len, flags));
 }
 
 int ura_send(ura_session *s, int fd, const void *buf, size_t len, int flags,
 	     ura_task_fn fn, void *arg, ura_task *out)
 {
-	struct io_uring_sqe sqe = blank();
-	io_uring_prep_send(&sqe, fd, buf, len, flags);
-	return ura_submit(s, &sqe, 0, fn, arg, out);
+	PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, io_uring_prep_send(sqe, fd, buf, len, flags));
 }
 
 int ura_sendmsg(ura_session *s, int fd, const struct msghdr *msg, unsigned flags,
 		ura_task_fn fn, void *arg, ura_task *out)
 {
-	struct io_uring_sqe sqe = blank();
-	io_uring_prep_sendmsg(&sqe, fd, msg, flags);
-	return ura_submit(s, &sqe, 0, fn, arg, out);
+	PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, io_uring_prep_sendmsg(sqe, fd, msg, flags));
 }
 
 int ura_recvmsg(ura_session *s, int fd, struct msghdr *msg, unsigned flags,
 		ura_task_fn fn, void *arg, ura_task *out)
 {
-	struct io_uring_sqe sqe = blank();
-	io_uring_prep_recvmsg(&sqe, fd, msg, flags);
-	return ura_submit(s, &sqe, 0, fn, arg, out);
+	PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, io_uring_prep_recvmsg(sqe, fd, msg, flags));
 }
 
 int ura_accept(ura_session *s, int fd, struct sockaddr *addr, socklen_t *addrlen, int flags,
@@ -91,17 +91,13 @@ int ura_accept(ura_session *s, int fd, struct sockaddr *addr, socklen_t *addrlen
 {
 	if ((addr == NULL) != (addrlen == NULL))
 		return -EINVAL;
-	struct io_uring_sqe sqe = blank();
-	io_uring_prep_accept(&sqe, fd, addr, addrlen, flags);
-	return ura_submit(s, &sqe, 0, fn, arg, out);
+	PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, io_uring_prep_accept(sqe, fd, addr, addrlen, flags));
 }
 
 int ura_accept_multishot(ura_session *s, int fd, int flags,
 			 ura_task_fn fn, void *arg, ura_task *out)
 {
-	struct io_uring_sqe sqe = blank();
-	io_uring_prep_multishot_accept(&sqe, fd, NULL, NULL, flags);
-	return ura_submit(s, &sqe, 0, fn, arg, out);
+	PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, flags));
 }
 
 int ura_connect(ura_session *s, int fd, const struct sockaddr *addr, socklen_t len,
@@ -109,16 +105,12 @@ int ura_connect(ura_session *s, int fd, const struct sockaddr *addr, socklen_t l
 {
 	if (!addr)
 		return -EINVAL;
-	struct io_uring_sqe sqe = blank();
-	io_uring_prep_connect(&sqe, fd, addr, len);
-	return ura_submit(s, &sqe, 0, fn, arg, out);
+	PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, io_uring_prep_connect(sqe, fd, addr, len));
 }
 
 int ura_close(ura_session *s, int fd, ura_task_fn fn, void *arg, ura_task *out)
 {
-	struct io_uring_sqe sqe = blank();
-	io_uring_prep_close(&sqe, fd);
-	return ura_submit(s, &sqe, 0, fn, arg, out);
+	PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, io_uring_prep_close(sqe, fd));
 }
 
 int ura_openat(ura_session *s, int dfd, const char *path, int flags, unsigned mode,
@@ -126,23 +118,17 @@ int ura_openat(ura_session *s, int dfd, const char *path, int flags, unsigned mo
 {
 	if (!path)
 		return -EINVAL;
-	struct io_uring_sqe sqe = blank();
-	io_uring_prep_openat(&sqe, dfd, path, flags, mode);
-	return ura_submit(s, &sqe, 0, fn, arg, out);
+	PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, io_uring_prep_openat(sqe, dfd, path, flags, mode));
 }
 
 int ura_fsync(ura_session *s, int fd, unsigned flags, ura_task_fn fn, void *arg, ura_task *out)
 {
-	struct io_uring_sqe sqe = blank();
-	io_uring_prep_fsync(&sqe, fd, flags);
-	return ura_submit(s, &sqe, 0, fn, arg, out);
+	PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, io_uring_prep_fsync(sqe, fd, flags));
 }
 
 int ura_poll(ura_session *s, int fd, unsigned events, ura_task_fn fn, void *arg, ura_task *out)
 {
-	struct io_uring_sqe sqe = blank();
-	io_uring_prep_poll_add(&sqe, fd, events);
-	return ura_submit(s, &sqe, 0, fn, arg, out);
+	PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, io_uring_prep_poll_add(sqe, fd, events));
 }
 
 int ura_timeout(ura_session *s, uint64_t ns, ura_task_fn fn, void *arg, ura_task *out)
@@ -160,9 +146,7 @@ int ura_timeout(ura_session *s, uint64_t ns, ura_task_fn fn, void *arg, ura_task
 int ura_splice(ura_session *s, int fd_in, int64_t off_in, int fd_out, int64_t off_out,
 	       unsigned len, unsigned flags, ura_task_fn fn, void *arg, ura_task *out)
 {
-	struct io_uring_sqe sqe = blank();
-	io_uring_prep_splice(&sqe, fd_in, off_in, fd_out, off_out, len, flags);
-	return ura_submit(s, &sqe, 0, fn, arg, out);
+	PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, io_uring_prep_splice(sqe, fd_in, off_in, fd_out, off_out, len, flags));
 }
 
 int ura_recv_multishot(ura_session *s, int fd, ura_buf_ring *br, int flags,
@@ -170,11 +154,12 @@ int ura_recv_multishot(ura_session *s, int fd, ura_buf_ring *br, int flags,
 {
 	if (!br)
 		return -EINVAL;
-	struct io_uring_sqe sqe = blank();
-	io_uring_prep_recv_multishot(&sqe, fd, NULL, 0, flags);
-	sqe.flags |= IOSQE_BUFFER_SELECT;
-	sqe.buf_group = ura__buf_ring_group(br);
-	return ura_submit(s, &sqe, 0, fn, arg, out);
+	uint16_t group = ura__buf_ring_group(br);
+	PREPARE_AND_SUBMIT(s, fn, arg, out, sqe, {
+		io_uring_prep_recv_multishot(sqe, fd, NULL, 0, flags);
+		sqe->flags |= IOSQE_BUFFER_SELECT;
+		sqe->buf_group = group;
+	});
 }
 
 /* Which get_tasks list an opcode belongs to; the table must cover every opcode. */

@@ -1,11 +1,14 @@
 /*
  * Sessions: a group of tasks with URLSession's lifecycle.
  *
- * Counting. s->state holds, below its flag bits, the units of accepted work not yet done:
- * tasks that are accepted and not terminal, and get_tasks/flush requests not yet answered.
- * A unit is added only by a CAS that sees no invalidation flag (ura__session_count_get),
- * so from the instant invalidation sets its flag, nothing new is accepted, from any
- * thread, and everything accepted before is counted.
+ * Counting. Work accepted and not yet done is counted in two places. s->state holds,
+ * below its flag bits, what other threads accepted and the loop has not taken over yet
+ * (tasks whose SUBMIT command is in the inbox, get_tasks/flush requests); such a unit is
+ * added only by a CAS that sees no invalidation flag (ura__session_count_get), so from
+ * the instant invalidation sets its flag nothing new is accepted from any thread. Tasks
+ * the loop thread has linked are counted in s->loop_live, a plain counter: that thread
+ * also decides the final event, so a task it accepted after seeing no flag is counted
+ * before any final check can run. The final event needs both at zero.
  *
  * The final event. The loop thread watches a session once it has seen its FINISH flag
  * (s->invalidating). It emits did_become_invalid when, on the loop thread at top level
@@ -187,6 +190,13 @@ void ura__session_count_put(ura_session *s)
 		notify_loop(s, NULL);
 }
 
+void ura__session_count_moved(ura_session *s)
+{
+	/* Relaxed: only the loop thread reads the count for the final event, and it is the
+	 * thread doing this; loop_live already holds the task. */
+	atomic_fetch_sub_explicit(&s->state, 1, memory_order_relaxed);
+}
+
 void ura__session_count_put_remote(ura_session *s, struct ura__cmd *cmd)
 {
 	uint64_t old = atomic_fetch_sub_explicit(&s->state, 1, memory_order_acq_rel);
@@ -217,10 +227,10 @@ void ura__session_task_linked(ura_session *s, uint32_t index, struct ura__slot *
 	slot->lflags |= URA__TF_LINKED;
 	s->loop->live_tasks++;
 	bump(&s->stats.submitted);
-	uint64_t inflight = atomic_load_explicit(&s->stats.in_flight, memory_order_relaxed) + 1;
-	set_stat(&s->stats.in_flight, inflight);
-	if (inflight > atomic_load_explicit(&s->stats.peak_in_flight, memory_order_relaxed))
-		set_stat(&s->stats.peak_in_flight, inflight);
+	/* in_flight mirrors loop_live; the peak is compared on a loop-thread copy. */
+	set_stat(&s->stats.in_flight, ++s->loop_live);
+	if (s->loop_live > s->peak_live)
+		set_stat(&s->stats.peak_in_flight, s->peak_live = s->loop_live);
 }
 
 static void unlink_task(ura_session *s, struct ura__slot *slot)
@@ -253,7 +263,8 @@ static void reset_stats(ura_session *s)
 	set_stat(&c->cancel_ok, 0);
 	set_stat(&c->cancel_enoent, 0);
 	set_stat(&c->cancel_ealready, 0);
-	set_stat(&c->peak_in_flight, atomic_load_explicit(&c->in_flight, memory_order_relaxed));
+	s->peak_live = s->loop_live;
+	set_stat(&c->peak_in_flight, s->peak_live);
 	ura__free(s->scratch);
 	s->scratch = NULL;
 	s->scratch_cap = 0;
@@ -294,11 +305,10 @@ void ura__session_task_finished(ura_session *s, uint32_t index, struct ura__slot
 	bump(&s->stats.completed);
 	if (cancelled)
 		bump(&s->stats.cancelled);
-	set_stat(&s->stats.in_flight, atomic_load_explicit(&s->stats.in_flight,
-							   memory_order_relaxed) - 1);
-	run_due_barriers(s);
-	uint64_t old = atomic_fetch_sub_explicit(&s->state, 1, memory_order_acq_rel);
-	if (last_unit_of_invalidating(old) && s->invalidating)
+	set_stat(&s->stats.in_flight, --s->loop_live);
+	if (s->barriers)
+		run_due_barriers(s);
+	if (s->loop_live == 0 && s->invalidating)
 		maybe_final(s);
 }
 
@@ -335,7 +345,7 @@ static void cancel_all(ura_session *s)
 static void maybe_final(ura_session *s)
 {
 	uint64_t st = atomic_load_explicit(&s->state, memory_order_acquire);
-	if (!s->invalidating || (st & URA__SS_FINAL) || (st & URA__SS_COUNT) ||
+	if (!s->invalidating || (st & URA__SS_FINAL) || (st & URA__SS_COUNT) || s->loop_live ||
 	    s->cancels_in_flight)
 		return;
 	ura_loop *loop = s->loop;

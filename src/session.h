@@ -11,8 +11,9 @@
 #include "ura.h"
 
 /*
- * The session's state word: flag bits on top, the number of accepted and not yet
- * terminal tasks below. Submit and invalidation meet here, lock-free: a submit adds one
+ * The session's state word: flag bits on top, below them the units of work accepted by
+ * other threads and not yet taken over by the loop (tasks whose SUBMIT is in the inbox,
+ * get_tasks/flush requests). Tasks linked on the loop thread are counted in loop_live. Submit and invalidation meet here, lock-free: a submit adds one
  * to the count only while no invalidation bit is set (CAS), and invalidation sets a bit
  * (fetch_or). Whichever comes first in the word's modification order wins: the submit is
  * refused, or it is counted and the final event waits for it.
@@ -55,6 +56,8 @@ struct ura_session {
 	char *description;
 
 	/* Loop thread only. */
+	uint64_t loop_live;              /* tasks the loop has linked and not finished */
+	uint64_t peak_live;              /* the largest loop_live since creation or reset */
 	uint32_t task_head, task_tail;   /* index + 1 of the oldest/newest live task */
 	uint32_t next_seq;
 	uint64_t cancels_in_flight;      /* ASYNC_CANCEL SQEs queued or in flight */
@@ -85,6 +88,8 @@ int ura__session_count_get(ura_session *s);
 void ura__session_count_put(ura_session *s);
 /* The same from another thread; cmd (owned, never NULL) carries the check if needed. */
 void ura__session_count_put_remote(ura_session *s, struct ura__cmd *cmd);
+/* A task counted by another thread is now linked (counted in loop_live). Loop thread. */
+void ura__session_count_moved(ura_session *s);
 
 /* Task accounting, called by task.c on the loop thread. */
 void ura__session_task_linked(ura_session *s, uint32_t index, struct ura__slot *slot);

@@ -149,31 +149,34 @@ int ura__submit_ts(ura_session *s, const struct io_uring_sqe *sqe, unsigned flag
 	if (sqe->flags & (IOSQE_IO_LINK | IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS))
 		return -EINVAL;
 
-	/* Off the loop thread the command is allocated before the task is counted: every
-	 * later failure can then still tell the loop about the count it releases. */
-	/* Early out, before s->loop is touched (it may be freed once the session is final);
-	 * the authoritative check is ura__session_count_get below. */
+	/* Early out, before s->loop is touched (it may be freed once the session is final).
+	 * On the loop thread this is also the authoritative check: acceptance and the final
+	 * event are both decided on that thread, and an accepted task is counted in
+	 * s->loop_live before any check for the final event can run, so no atomic
+	 * read-modify-write is needed. Another thread counts itself in s->state instead
+	 * (ura__session_count_get), by a CAS that an invalidation flag makes fail. */
 	if (atomic_load_explicit(&s->state, memory_order_acquire) & URA__SS_FLAGS)
 		return -ESHUTDOWN;
 	ura_loop *loop = s->loop;
 	bool suspended = flags & URA_SUBMIT_SUSPENDED;
 	struct ura__cmd *cmd = NULL;
 	bool on_loop = ura__on_loop(loop);
+	int r;
 	if (!on_loop) {
+		/* Allocated before the task is counted: every later failure can then still
+		 * tell the loop about the count it releases. */
 		cmd = ura__malloc(sizeof(*cmd));
 		if (!cmd)
 			return -ENOMEM;
-	}
-	int r = ura__session_count_get(s);
-	if (r < 0) {
-		ura__free(cmd);
-		return r;
+		r = ura__session_count_get(s);
+		if (r < 0) {
+			ura__free(cmd);
+			return r;
+		}
 	}
 	int64_t idx = ura__registry_alloc(&loop->registry, on_loop);
 	if (idx < 0) {
-		if (on_loop)
-			ura__session_count_put(s);
-		else
+		if (!on_loop)
 			ura__session_count_put_remote(s, cmd);
 		return (int)idx;
 	}
@@ -191,7 +194,6 @@ int ura__submit_ts(ura_session *s, const struct io_uring_sqe *sqe, unsigned flag
 		r = accept_on_loop(loop, index, slot, t, sqe, ts, suspended);
 		if (r < 0) {
 			ura__registry_free(&loop->registry, index);
-			ura__session_count_put(s);
 			return r;
 		}
 	} else {
@@ -205,6 +207,44 @@ int ura__submit_ts(ura_session *s, const struct io_uring_sqe *sqe, unsigned flag
 		set_state(slot, gen, suspended ? URA__SLOT_SUSPENDED : URA__SLOT_PENDING);
 		ura__loop_send(loop, cmd);
 	}
+	if (out)
+		*out = t;
+	return 0;
+}
+
+bool ura__fast_begin(ura_session *s, struct ura__fast *f)
+{
+	if (!s || (atomic_load_explicit(&s->state, memory_order_acquire) & URA__SS_FLAGS))
+		return false;
+	ura_loop *loop = s->loop;
+	if (!ura__on_loop(loop) || backlog_busy(loop) ||
+	    io_uring_sq_space_left(&loop->ring) <= loop->cancel_headroom)
+		return false;
+	int64_t idx = ura__registry_alloc(&loop->registry, true);
+	if (idx < 0)
+		return false;
+	f->s = s;
+	f->index = (uint32_t)idx;
+	f->slot = ura__registry_slot(&loop->registry, f->index);
+	f->sqe = io_uring_get_sqe(&loop->ring);
+	return true;
+}
+
+int ura__fast_commit(struct ura__fast *f, ura_task_fn fn, void *arg, ura_task *out)
+{
+	ura_loop *loop = f->s->loop;
+	struct ura__slot *slot = f->slot;
+	uint32_t gen = ura__gs_gen(atomic_load_explicit(&slot->gen_state, memory_order_relaxed));
+	ura_task t = ura__handle_make(&loop->registry, gen, f->index);
+	atomic_store_explicit(&slot->session, f->s, memory_order_relaxed);
+	slot->fn = fn;
+	slot->arg = arg;
+	slot->opcode = f->sqe->opcode;
+	slot->lflags = URA__TF_IN_RING;
+	io_uring_sqe_set_data64(f->sqe, t);
+	/* Nobody else knows the handle yet, so a plain release store publishes it. */
+	set_state(slot, gen, URA__SLOT_RUNNING);
+	ura__session_task_linked(f->s, f->index, slot);
 	if (out)
 		*out = t;
 	return 0;
@@ -441,8 +481,9 @@ static void command_submit(ura_loop *loop, struct ura__cmd *cmd)
 	struct ura__slot *slot = cmd_slot(loop, t, &gs);
 	/* The task cannot have finished before the loop saw it: only the loop finishes. */
 	keep_pending(slot, cmd);
-	ura__session_task_linked(cmd->session, index, slot);
 	ura_session *s = cmd->session;
+	ura__session_task_linked(s, index, slot);
+	ura__session_count_moved(s); /* now counted in s->loop_live */
 	if (s->cancel_all_done) {
 		/* Accepted before the session's cancel bit was set, seen after its cancel-all
 		 * ran: cancel it like the rest. */
@@ -495,11 +536,11 @@ void ura__task_deferred_cancel(ura_loop *loop, ura_task t)
 
 void ura__task_cqe(ura_loop *loop, uint64_t user_data, int32_t res, uint32_t flags)
 {
-	uint64_t gs;
+	/* The runtime wrote this user_data and the task stays live until its terminal CQE,
+	 * so the handle needs no validation here: straight to the slot. */
 	ura_task t = user_data;
-	struct ura__slot *slot = cmd_slot(loop, t, &gs);
-	if (!slot)
-		return; /* cannot happen: a task in the ring is never freed before its CQE */
+	struct ura__slot *slot = ura__registry_slot(&loop->registry, ura__handle_index(t));
+	uint64_t gs = load_gs(slot);
 	ura_session *s = atomic_load_explicit(&slot->session, memory_order_relaxed);
 	if (flags & IORING_CQE_F_MORE) {
 		if (slot->fn)

@@ -8,6 +8,21 @@
 int ura__submit_ts(ura_session *s, const struct io_uring_sqe *sqe, unsigned flags,
 		   const struct __kernel_timespec *ts, ura_task_fn fn, void *arg, ura_task *out);
 
+/*
+ * The wrappers' fast path: on the loop thread, with room in the SQ and nothing
+ * backlogged, a wrapper prepares its SQE in place in the ring instead of in a template
+ * that ura_submit then copies. begin reserves a slot and an SQE (false: use the template
+ * path, which also gives the right error); commit makes the prepared SQE a task.
+ */
+struct ura__fast {
+	ura_session *s;
+	struct io_uring_sqe *sqe;
+	struct ura__slot *slot;
+	uint32_t index;
+};
+bool ura__fast_begin(ura_session *s, struct ura__fast *f);
+int ura__fast_commit(struct ura__fast *f, ura_task_fn fn, void *arg, ura_task *out);
+
 /* Inbox commands SUBMIT, CANCEL and RESUME. Loop thread. */
 void ura__task_command(ura_loop *loop, struct ura__cmd *cmd);
 /* A CQE whose user_data is a task handle. Loop thread. */

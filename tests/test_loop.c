@@ -35,6 +35,12 @@ Test(loop, bad_config_is_einval)
 	cr_assert_eq(ura_loop_new(&cfg, &loop), -EINVAL, "CQ smaller than SQ accepted");
 	cfg = (struct ura_loop_config){ .cq_entries = 1u << 30 };
 	cr_assert_eq(ura_loop_new(&cfg, &loop), -EINVAL, "absurd CQ accepted");
+	cfg = (struct ura_loop_config){ .cq_entries = 65537 };
+	cr_assert_eq(ura_loop_new(&cfg, &loop), -EINVAL, "CQ over the kernel's 65536 accepted");
+	cfg = (struct ura_loop_config){ .sq_entries = 32768, .cq_entries = 65536 };
+	cr_assert_eq(ura_loop_new(&cfg, &loop), 0, "the largest rings must work");
+	ura_loop_free(loop);
+	loop = NULL;
 	cr_assert_null(loop);
 	cr_assert_eq(ura_loop_run(NULL), -EINVAL);
 	cr_assert_eq(ura_loop_run_once(NULL, false), -EINVAL);

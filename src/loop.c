@@ -446,7 +446,9 @@ static int iterate(ura_loop *loop, bool wait, const struct __kernel_timespec *ti
 	handled += run_deferred(loop);
 	ura__task_drain_backlog(loop);
 	arm_wake(loop);
-	bool block = wait && !handled && !must_not_block(loop);
+	/* Having run commands, an iteration normally returns without blocking; but cancels
+	 * it just issued complete promptly, so waiting for them now saves a round trip. */
+	bool block = wait && (!handled || wait_count(loop) > 1) && !must_not_block(loop);
 	int r = enter(loop, block, timeout);
 	if (r == 0)
 		handled += reap(loop);

@@ -10,36 +10,47 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fault.h"
+
+/* A test can make any allocation fail (fault.h); nothing in a release build. */
+#define URA__ALLOC_FAULT() (ura__fault(URA__FAULT_ALLOC) != 0)
+
 #ifdef URA_SYSTEM_MALLOC
-static inline void *ura__malloc(size_t n) { return malloc(n); }
-static inline void *ura__zalloc(size_t n) { return calloc(1, n); }
-static inline void *ura__realloc(void *p, size_t n) { return realloc(p, n); }
+static inline void *ura__malloc(size_t n) { return URA__ALLOC_FAULT() ? NULL : malloc(n); }
+static inline void *ura__zalloc(size_t n) { return URA__ALLOC_FAULT() ? NULL : calloc(1, n); }
+static inline void *ura__realloc(void *p, size_t n)
+{
+	return URA__ALLOC_FAULT() ? NULL : realloc(p, n);
+}
 static inline void ura__free(void *p) { free(p); }
 static inline void *ura__malloc_aligned(size_t n, size_t align)
 {
-	return aligned_alloc(align, (n + align - 1) / align * align);
+	return URA__ALLOC_FAULT() ? NULL : aligned_alloc(align, (n + align - 1) / align * align);
 }
 static inline void *ura__zalloc_aligned(size_t n, size_t align)
 {
 	size_t rounded = (n + align - 1) / align * align;
-	void *p = aligned_alloc(align, rounded);
+	void *p = URA__ALLOC_FAULT() ? NULL : aligned_alloc(align, rounded);
 	if (p)
 		memset(p, 0, rounded);
 	return p;
 }
 #else
 #include <mimalloc.h>
-static inline void *ura__malloc(size_t n) { return mi_malloc(n); }
-static inline void *ura__zalloc(size_t n) { return mi_zalloc(n); }
-static inline void *ura__realloc(void *p, size_t n) { return mi_realloc(p, n); }
+static inline void *ura__malloc(size_t n) { return URA__ALLOC_FAULT() ? NULL : mi_malloc(n); }
+static inline void *ura__zalloc(size_t n) { return URA__ALLOC_FAULT() ? NULL : mi_zalloc(n); }
+static inline void *ura__realloc(void *p, size_t n)
+{
+	return URA__ALLOC_FAULT() ? NULL : mi_realloc(p, n);
+}
 static inline void ura__free(void *p) { mi_free(p); }
 static inline void *ura__malloc_aligned(size_t n, size_t align)
 {
-	return mi_malloc_aligned(n, align);
+	return URA__ALLOC_FAULT() ? NULL : mi_malloc_aligned(n, align);
 }
 static inline void *ura__zalloc_aligned(size_t n, size_t align)
 {
-	return mi_zalloc_aligned(n, align);
+	return URA__ALLOC_FAULT() ? NULL : mi_zalloc_aligned(n, align);
 }
 #endif
 

@@ -156,7 +156,7 @@ char *ura_conn_copy_invalidation_reason(ura_conn *c)
 
 /* --------------------------------------------------- commands to the loop */
 
-enum op_kind { OP_ACTIVATE, OP_SUSPENSION, OP_SEND, OP_CANCEL };
+enum op_kind { OP_SUSPENSION, OP_SEND };
 
 struct op {
 	ura_conn *c; /* holds a reference until the op ran */
@@ -548,19 +548,12 @@ static void run_op(void *arg)
 	struct op *op = arg;
 	ura_conn *c = op->c;
 	switch (op->kind) {
-	case OP_ACTIVATE:
-		op_activate(c);
-		flush_held(c);
-		break;
 	case OP_SUSPENSION:
 		flush_held(c);
 		ura__conn_kick_writer(c);
 		break;
 	case OP_SEND:
 		op_send(c, op);
-		break;
-	case OP_CANCEL:
-		ura__conn_invalidate(c, "cancelled");
 		break;
 	}
 	release(c);
@@ -569,11 +562,40 @@ static void run_op(void *arg)
 
 /* ------------------------------------------------------------ public ops */
 
+static void embedded_activate(void *arg)
+{
+	ura_conn *c = arg;
+	op_activate(c);
+	flush_held(c);
+	release(c);
+}
+
+static void embedded_cancel(void *arg)
+{
+	ura_conn *c = arg;
+	ura__conn_invalidate(c, "cancelled");
+	release(c);
+}
+
+/* Runs fn(c) on the loop thread through c's embedded command (no allocation). */
+static void run_embedded(ura_conn *c, struct ura__cmd *cmd, void (*fn)(void *))
+{
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* until fn ran */
+	if (ura__on_loop(c->loop)) {
+		fn(c);
+		return;
+	}
+	cmd->kind = URA__CMD_CALL;
+	cmd->fn = (void *)fn;
+	cmd->arg = c;
+	ura__loop_send(c->loop, cmd);
+}
+
 void ura_conn_activate(ura_conn *c)
 {
 	if (!c || atomic_exchange_explicit(&c->activated, true, memory_order_acq_rel))
 		return;
-	(void)simple_op(c, OP_ACTIVATE);
+	run_embedded(c, &c->activate_cmd, embedded_activate);
 }
 
 int ura_conn_suspend(ura_conn *c)
@@ -600,8 +622,12 @@ int ura_conn_resume(ura_conn *c)
 	} while (!atomic_compare_exchange_weak_explicit(&c->suspend, &n, n - 1,
 							memory_order_acq_rel,
 							memory_order_acquire));
-	if (n == 1)
-		return simple_op(c, OP_SUSPENSION);
+	if (n == 1) {
+		int r = simple_op(c, OP_SUSPENSION);
+		if (r < 0) /* nothing will deliver what was held: stay suspended, say so */
+			atomic_fetch_add_explicit(&c->suspend, 1, memory_order_acq_rel);
+		return r;
+	}
 	return 0;
 }
 
@@ -609,7 +635,7 @@ void ura_conn_cancel(ura_conn *c)
 {
 	if (!c || atomic_exchange_explicit(&c->cancelled, true, memory_order_acq_rel))
 		return;
-	(void)simple_op(c, OP_CANCEL);
+	run_embedded(c, &c->cancel_cmd, embedded_cancel);
 }
 
 static int send_common(ura_conn *c, ura_msg *m, uint8_t flags, uint64_t reply_to,

@@ -61,6 +61,9 @@ struct ura_conn {
 	_Atomic bool activated;
 	_Atomic bool cancelled;
 	_Atomic(char *) reason;     /* set once, on the loop thread, before the final event */
+	/* Activation and cancel happen once each and must not fail for want of memory: their
+	 * commands to the loop are embedded here. */
+	struct ura__cmd activate_cmd, cancel_cmd;
 	ura_event_fn handler;       /* set before activation; read on the loop thread */
 	void *ctx;
 	uint32_t max_frame;

@@ -262,9 +262,7 @@ int ura_loop_post(ura_loop *loop, void (*fn)(void *arg), void *arg)
 
 struct io_uring_sqe *ura__loop_task_sqe(ura_loop *loop)
 {
-	if (io_uring_sq_space_left(&loop->ring) <= loop->cancel_headroom)
-		return NULL;
-	return io_uring_get_sqe(&loop->ring);
+	return ura__sq_room(loop) ? io_uring_get_sqe(&loop->ring) : NULL;
 }
 
 struct io_uring_sqe *ura__loop_cancel_sqe(ura_loop *loop)
@@ -297,6 +295,9 @@ static unsigned run_commands(ura_loop *loop)
 			fn(arg);
 			break;
 		}
+		case URA__CMD_CALL:
+			((void (*)(void *))cmd->fn)(cmd->arg);
+			break;
 		case URA__CMD_SESSION:
 			ura__session_check(cmd->session);
 			ura_session_unref(cmd->session);
@@ -412,8 +413,10 @@ static unsigned wait_count(ura_loop *loop)
 
 static int enter(ura_loop *loop, bool wait, const struct __kernel_timespec *timeout)
 {
-	int r;
-	if (wait && timeout) {
+	int r = ura__fault(URA__FAULT_ENTER); /* a test's -EBUSY, -EAGAIN or -EINTR */
+	if (r) {
+		/* as if the kernel had refused: nothing submitted, nothing waited for */
+	} else if (wait && timeout) {
 		struct io_uring_cqe *cqe;
 		r = io_uring_submit_and_wait_timeout(&loop->ring, &cqe, 1,
 						     (struct __kernel_timespec *)timeout, NULL);
@@ -542,7 +545,8 @@ void ura_loop_free(ura_loop *loop)
 		 * which abandon_all has already released. */
 		if (cmd->kind == URA__CMD_SESSION)
 			ura_session_unref(cmd->session);
-		ura__free(cmd);
+		if (cmd->kind != URA__CMD_CALL) /* embedded in its owner, not ours to free */
+			ura__free(cmd);
 	}
 	for (uint32_t i = 0; i < loop->deferred.len; i++) {
 		struct ura__deferred *d = (struct ura__deferred *)loop->deferred.items + i;

@@ -9,6 +9,7 @@
 
 #include <liburing.h>
 
+#include "fault.h"
 #include "inbox.h"
 #include "registry.h"
 #include "ura.h"
@@ -28,6 +29,7 @@ enum ura__cmd_kind {
 	URA__CMD_SESSION,    /* a session's invalidation state changed */
 	URA__CMD_GET_TASKS,  /* get_all_tasks / get_tasks */
 	URA__CMD_FLUSH,      /* flush / reset barrier */
+	URA__CMD_CALL,       /* fn(arg) with a command embedded in its owner: never freed */
 };
 
 struct ura__cmd {
@@ -115,6 +117,13 @@ extern __attribute__((tls_model("initial-exec"))) _Thread_local char ura__thread
 static inline bool ura__on_loop(const ura_loop *loop)
 {
 	return loop->owner_mark == &ura__thread_mark;
+}
+
+/* Room in the SQ for a task, leaving the cancel headroom (a test may say there is none). */
+static inline bool ura__sq_room(ura_loop *loop)
+{
+	return io_uring_sq_space_left(&loop->ring) > loop->cancel_headroom &&
+	       !ura__fault(URA__FAULT_SQ_FULL);
 }
 
 /* Sends a command to the loop thread and wakes it if needed. Any thread. */

@@ -89,7 +89,7 @@ static void keep_pending(struct ura__slot *slot, struct ura__cmd *cmd)
 static bool place_pending(ura_loop *loop, uint32_t index, struct ura__slot *slot, ura_task t)
 {
 	(void)index;
-	if (io_uring_sq_space_left(&loop->ring) <= loop->cancel_headroom)
+	if (!ura__sq_room(loop))
 		return false;
 	if (!cas_state(slot, ura__handle_gen(t), URA__SLOT_PENDING, URA__SLOT_RUNNING))
 		return true; /* cancelled meanwhile: its deferred cancel finishes it */
@@ -115,8 +115,7 @@ static int accept_on_loop(ura_loop *loop, uint32_t index, struct ura__slot *slot
 {
 	ura_session *s = atomic_load_explicit(&slot->session, memory_order_relaxed);
 	uint32_t gen = ura__handle_gen(t);
-	if (!suspended && !backlog_busy(loop) &&
-	    io_uring_sq_space_left(&loop->ring) > loop->cancel_headroom) {
+	if (!suspended && !backlog_busy(loop) && ura__sq_room(loop)) {
 		/* Fast path: nobody else knows the handle yet, so no CAS is needed. */
 		fill_sqe(io_uring_get_sqe(&loop->ring), sqe, ts, slot, t);
 		set_state(slot, gen, URA__SLOT_RUNNING);
@@ -217,8 +216,7 @@ bool ura__fast_begin(ura_session *s, struct ura__fast *f)
 	if (!s || (atomic_load_explicit(&s->state, memory_order_acquire) & URA__SS_FLAGS))
 		return false;
 	ura_loop *loop = s->loop;
-	if (!ura__on_loop(loop) || backlog_busy(loop) ||
-	    io_uring_sq_space_left(&loop->ring) <= loop->cancel_headroom)
+	if (!ura__on_loop(loop) || backlog_busy(loop) || !ura__sq_room(loop))
 		return false;
 	int64_t idx = ura__registry_alloc(&loop->registry, true);
 	if (idx < 0)

@@ -338,6 +338,15 @@ static bool answer_request(ura_conn *c, uint64_t id)
 	return found;
 }
 
+/* The last reference to a request went: unanswered, it gives its transaction back. */
+static void request_released(ura_msg *m, void *arg)
+{
+	ura_conn *c = arg;
+	if (answer_request(c, ura__msg_id(m)))
+		ura_transaction_end(c->loop);
+	release(c); /* the reference the request held */
+}
+
 static void release_requests(ura_conn *c)
 {
 	pthread_mutex_lock(&c->lock);
@@ -371,8 +380,13 @@ void ura__conn_frame(ura_conn *c, const struct ura__frame *f)
 		ura__conn_deliver(c, r->fn, r->arg, &ev);
 		ura__free(r);
 	} else {
-		if (f->flags & URA__FRAME_EXPECTS_REPLY)
+		if (f->flags & URA__FRAME_EXPECTS_REPLY) {
+			/* Held until answered or released (the hook on its last unref). */
 			hold_request(c, f->id);
+			atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+			m->on_release = request_released;
+			m->release_arg = c;
+		}
 		ura__conn_deliver(c, NULL, NULL, &ev);
 	}
 	ura_msg_unref(m);

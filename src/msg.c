@@ -42,6 +42,8 @@ int ura__msg_alloc(size_t len, ura_msg **out, void **data)
 	m->len = len;
 	m->id = 0;
 	m->flags = 0;
+	m->on_release = NULL;
+	m->release_arg = NULL;
 	*out = m;
 	*data = m->data;
 	return 0;
@@ -91,6 +93,8 @@ void ura_msg_unref(ura_msg *m)
 	/* Acquire: pairs with the release decrements of every other owner (one release
 	 * sequence), so their accesses happen before the free. */
 	(void)atomic_load_explicit(&m->refs, memory_order_acquire);
+	if (m->on_release)
+		m->on_release(m, m->release_arg);
 	ura__free(m);
 }
 

@@ -32,6 +32,11 @@ struct ura_msg {
 	size_t len;
 	uint64_t id;        /* the frame's id; 0 for a message made by ura_msg_new */
 	uint8_t flags;      /* URA__FRAME_EXPECTS_REPLY / URA__FRAME_IS_REPLY */
+	/* Called once when the last reference goes, on that thread, before the free (NULL:
+	 * nothing). Set before the message is published; the connection layer uses it so
+	 * that a request nobody answers releases its transaction. */
+	void (*on_release)(ura_msg *m, void *arg);
+	void *release_arg;
 	alignas(max_align_t) unsigned char data[];
 };
 

@@ -484,3 +484,54 @@ Test(conn, tcp_loopback_round_trip)
 	ura_listener_unref(l);
 	cr_assert_eq(ura_loop_run(loop), 0);
 }
+
+struct keeper {
+	ura_msg *kept;
+	_Atomic int seen;
+};
+
+static void keep_request(ura_conn *c, const struct ura_event *ev, void *ctx)
+{
+	(void)c;
+	struct keeper *k = ctx;
+	if (ev->type != URA_EVENT_MESSAGE)
+		return;
+	atomic_fetch_add(&k->seen, 1);
+	if (atomic_load(&k->seen) == 1)
+		k->kept = ura_msg_ref(ev->msg); /* the first is answered later */
+	/* the second is neither answered nor kept: released when this returns */
+}
+
+Test(conn, a_request_holds_a_transaction_until_answered_or_released)
+{
+	ura_conn *a, *b;
+	struct seen sa = { 0 };
+	struct keeper k = { 0 };
+	int sv[2];
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	cr_assert_eq(ura_conn_new(loop, sv[0], &a), 0);
+	cr_assert_eq(ura_conn_new(loop, sv[1], &b), 0);
+	ura_conn_set_event_handler(a, on_event, &sa);
+	ura_conn_set_event_handler(b, keep_request, &k);
+	ura_conn_activate(a);
+	ura_conn_activate(b);
+	struct reply_rec r1 = { 0 }, r2 = { 0 };
+	ura_msg *m = msg("kept");
+	cr_assert_eq(ura_conn_send_with_reply(a, m, on_reply, &r1), 0);
+	cr_assert(run_until_int(&k.seen, 1, 5000));
+	cr_assert_eq(ura_transaction_count(loop), 1, "the kept request holds one");
+	cr_assert_eq(ura_conn_send_with_reply(a, m, on_reply, &r2), 0);
+	cr_assert(run_until_int(&k.seen, 2, 5000));
+	th_spin(loop, 5);
+	cr_assert_eq(ura_transaction_count(loop), 1, "a released request must give its back");
+	cr_assert_eq(ura_conn_reply(b, k.kept, m), 0);
+	cr_assert(run_until_int(&r1.calls, 1, 5000));
+	cr_assert_eq(ura_transaction_count(loop), 0, "answered and written: none left");
+	ura_msg_unref(k.kept);
+	ura_msg_unref(m);
+	ura_conn_unref(a);
+	ura_conn_unref(b);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&r2.calls), 1, "the unanswered request's reply handler");
+	cr_assert_eq(atomic_load(&r2.invalid), 1);
+}

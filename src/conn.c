@@ -53,6 +53,17 @@ static void release(ura_conn *c)
 		conn_free(c);
 }
 
+void ura__conn_retain(ura_conn *c)
+{
+	/* Relaxed: the caller holds a reference already. */
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+}
+
+void ura__conn_release(ura_conn *c)
+{
+	release(c);
+}
+
 void ura_conn_unref(ura_conn *c)
 {
 	if (!c)
@@ -455,10 +466,6 @@ static void deliver_final(ura_conn *c)
 	/* Never again: the handler and its ctx are forgotten. */
 	c->handler = NULL;
 	c->ctx = NULL;
-	if (c->active_counted) {
-		c->active_counted = false;
-		c->loop->active_handles--;
-	}
 	ura_session_unref(c->io);
 	c->io = NULL;
 	release(c); /* the runtime's reference */
@@ -490,6 +497,12 @@ static void io_session_invalid(ura_session *s, int error, void *ctx)
 	ura_conn *c = ctx;
 	c->state = URA__CONN_CANCELLING;
 	c->tasks_on_fd = 0;
+	/* Its I/O is over: it no longer keeps the loop running, also when its final event
+	 * waits for a resume that may never come. */
+	if (c->active_counted) {
+		c->active_counted = false;
+		c->loop->active_handles--;
+	}
 	ura__conn_close_fd_if_idle(c);
 	ura__conn_drop_unsent(c);
 	void *partial = ura__frame_decoder_reset(&c->dec);

@@ -104,6 +104,10 @@ void ura__conn_frame(ura_conn *c, const struct ura__frame *f);
 /* Tells the connection's handler e (TERMINATION_IMMINENT from ura_main). */
 void ura__conn_notify(ura_conn *c, enum ura_error e);
 bool ura__conn_is_live(const ura_conn *c);
+/* A runtime reference: keeps the memory, unlike ura_conn_ref it does not keep the
+ * connection alive (the user's last unref still cancels it). Any thread. */
+void ura__conn_retain(ura_conn *c);
+void ura__conn_release(ura_conn *c);
 
 /* conn_io.c */
 void ura__conn_start_io(ura_conn *c);

@@ -280,6 +280,11 @@ static void on_write(ura_session *s, ura_task t, int32_t res, uint32_t flags, vo
 	}
 	c->in_write = 0;
 	task_done_on_fd(c);
+	if (c->state == URA__CONN_DISCONNECTED && c->fd < 0 && c->out_head) {
+		/* The old socket is closed now; what is queued goes out on a new one. */
+		ura__conn_start_connect(c);
+		return;
+	}
 	if (c->state >= URA__CONN_CANCELLING) {
 		ura__conn_drop_unsent(c);
 		return;

@@ -65,7 +65,7 @@ static void prune_peers(struct service *sv)
 		if (ura__conn_is_live(sv->peers[i]))
 			sv->peers[k++] = sv->peers[i];
 		else
-			ura_conn_unref(sv->peers[i]);
+			ura__conn_release(sv->peers[i]);
 	}
 	sv->npeers = k;
 }
@@ -82,8 +82,12 @@ static void service_accept(ura_listener *l, ura_conn *peer, void *ctx)
 			sv->cap = cap;
 		}
 	}
-	if (sv->npeers < sv->cap)
-		sv->peers[sv->npeers++] = ura_conn_ref(peer);
+	if (sv->npeers < sv->cap) {
+		/* A runtime reference: a peer the callback drops must still be cancelled by
+		 * that drop, as with a plain listener. */
+		ura__conn_retain(peer);
+		sv->peers[sv->npeers++] = peer;
+	}
 	sv->fn(l, peer, sv->ctx);
 }
 
@@ -180,11 +184,16 @@ out_listener:
 	ura_listener_unref(sv.listener);
 out_loop:
 	for (size_t i = 0; i < sv.npeers; i++)
-		ura_conn_unref(sv.peers[i]);
+		ura__conn_release(sv.peers[i]);
 	ura__free(sv.peers);
 	ura_loop_free(sv.loop);
 out_fd:
 	close(sv.sfd);
+	/* A second SIGTERM/SIGINT during shutdown is still pending: take it now, or
+	 * restoring the mask would deliver it and kill the process that is returning 0. */
+	struct timespec zero = { 0, 0 };
+	while (sigtimedwait(&mask, NULL, &zero) > 0)
+		;
 out_mask:
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	return r;

@@ -355,19 +355,29 @@ static void cancel_marked(ura_loop *loop, uint32_t index, struct ura__slot *slot
 	}
 }
 
-bool ura__task_cancel_slot(ura_loop *loop, uint32_t index, struct ura__slot *slot)
+/* Moves a live task of generation gen to CANCELING: 0, -EALREADY, or -ENOENT when it is
+ * finished (or finishing). Any thread. */
+static int mark_canceling(struct ura__slot *slot, uint32_t gen)
 {
 	for (;;) {
 		uint64_t gs = load_gs(slot);
 		unsigned st = ura__gs_state(gs);
-		if (st == URA__SLOT_FREE || st == URA__SLOT_DONE || st == URA__SLOT_CANCELING)
-			return false;
-		if (cas_state(slot, ura__gs_gen(gs), st, URA__SLOT_CANCELING)) {
-			cancel_marked(loop, index, slot,
-				      ura__handle_make(&loop->registry, ura__gs_gen(gs), index));
-			return true;
-		}
+		if (ura__gs_gen(gs) != gen || st == URA__SLOT_FREE || st == URA__SLOT_DONE)
+			return -ENOENT;
+		if (st == URA__SLOT_CANCELING)
+			return -EALREADY;
+		if (cas_state(slot, gen, st, URA__SLOT_CANCELING))
+			return 0;
 	}
+}
+
+bool ura__task_cancel_slot(ura_loop *loop, uint32_t index, struct ura__slot *slot)
+{
+	uint32_t gen = ura__gs_gen(load_gs(slot));
+	if (mark_canceling(slot, gen) < 0)
+		return false;
+	cancel_marked(loop, index, slot, ura__handle_make(&loop->registry, gen, index));
+	return true;
 }
 
 /* The common start of cancel and resume: find the task and, off the loop thread,
@@ -406,23 +416,7 @@ int ura_task_cancel(ura_session *s, ura_task t)
 	int r = prepare_task_call(s, t, &slot, &gs, &on_loop, &cmd);
 	if (r < 0)
 		return r;
-	for (;;) {
-		unsigned st = ura__gs_state(gs);
-		if (ura__gs_gen(gs) != ura__handle_gen(t) || st == URA__SLOT_FREE ||
-		    st == URA__SLOT_DONE) {
-			r = -ENOENT;
-			break;
-		}
-		if (st == URA__SLOT_CANCELING) {
-			r = -EALREADY;
-			break;
-		}
-		if (cas_state(slot, ura__handle_gen(t), st, URA__SLOT_CANCELING)) {
-			r = 0;
-			break;
-		}
-		gs = load_gs(slot);
-	}
+	r = mark_canceling(slot, ura__handle_gen(t));
 	if (r < 0) {
 		ura__free(cmd);
 		return r;

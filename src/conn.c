@@ -263,7 +263,8 @@ static void flush_held(ura_conn *c)
 {
 	if (c->state >= URA__CONN_CANCELLING)
 		drop_held_handler_events(c);
-	while (c->held_head && !holding(c)) {
+	/* At the loop's end nothing can wait for a resume: everything held goes now. */
+	while (c->held_head && (!holding(c) || c->loop_ending)) {
 		struct ura__held_event *h = c->held_head;
 		c->held_head = h->next;
 		if (!c->held_head)
@@ -454,12 +455,15 @@ void ura__conn_peer_gone(ura_conn *c, int err)
 
 static void deliver_final(ura_conn *c)
 {
-	if (holding(c) && atomic_load_explicit(&c->suspend, memory_order_acquire) > 0) {
+	if (!c->loop_ending && atomic_load_explicit(&c->suspend, memory_order_acquire) > 0) {
 		c->final_pending = true; /* a suspended connection says it on resume */
 		return;
 	}
 	c->final_pending = false;
 	c->state = URA__CONN_DONE;
+	/* Release: the caller of a later resume sees the connection finished and leaves
+	 * the (possibly freed) loop alone. */
+	atomic_store_explicit(&c->finished, true, memory_order_release);
 	struct ura_event ev = { .type = URA_EVENT_ERROR, .error = URA_ERROR_CONNECTION_INVALID };
 	if (c->handler)
 		c->handler(c, &ev, c->ctx);
@@ -493,8 +497,11 @@ static void drop_held_handler_events(ura_conn *c)
 /* The I/O session drained: no task of the connection is in the kernel any more. */
 static void io_session_invalid(ura_session *s, int error, void *ctx)
 {
-	(void)s, (void)error;
+	(void)s;
 	ura_conn *c = ctx;
+	/* A negative error: the loop is being freed. A final event held for a resume could
+	 * never be delivered after that, so it goes now. */
+	c->loop_ending = error < 0;
 	c->state = URA__CONN_CANCELLING;
 	c->tasks_on_fd = 0;
 	/* Its I/O is over: it no longer keeps the loop running, also when its final event
@@ -650,6 +657,8 @@ int ura_conn_resume(ura_conn *c)
 							memory_order_acq_rel,
 							memory_order_acquire));
 	if (n == 1) {
+		if (atomic_load_explicit(&c->finished, memory_order_acquire))
+			return 0; /* nothing is held any more, and the loop may be gone */
 		int r = simple_op(c, OP_SUSPENSION);
 		if (r < 0) /* nothing will deliver what was held: stay suspended, say so */
 			atomic_fetch_add_explicit(&c->suspend, 1, memory_order_acq_rel);

@@ -60,6 +60,7 @@ struct ura_conn {
 	_Atomic int suspend;        /* suspend count, any thread */
 	_Atomic bool activated;
 	_Atomic bool cancelled;
+	_Atomic bool finished;      /* final event delivered: nothing may touch the loop now */
 	_Atomic(char *) reason;     /* set once, on the loop thread, before the final event */
 	/* Activation and cancel happen once each and must not fail for want of memory: their
 	 * commands to the loop are embedded here. */
@@ -78,6 +79,7 @@ struct ura_conn {
 	enum ura__conn_state state;
 	bool by_address;
 	bool final_pending;          /* the final event waits for resume */
+	bool loop_ending;            /* ura_loop_free is ending the connection */
 	int fd;
 	struct ura__address addr;
 	ura_session *io;             /* every task of the connection runs here */

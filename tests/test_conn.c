@@ -535,3 +535,26 @@ Test(conn, a_request_holds_a_transaction_until_answered_or_released)
 	cr_assert_eq(atomic_load(&r2.calls), 1, "the unanswered request's reply handler");
 	cr_assert_eq(atomic_load(&r2.invalid), 1);
 }
+
+Test(conn, a_suspended_connection_still_ends_when_the_loop_is_freed)
+{
+	ura_conn *a, *b;
+	struct seen sa = { 0 }, sb = { 0 };
+	pair(&a, &sa, &b, &sb);
+	ura_conn_activate(a);
+	ura_conn_activate(b);
+	cr_assert_eq(ura_conn_suspend(a), 0);
+	th_spin(loop, 10);
+	ura_loop_free(loop);
+	cr_assert_eq(atomic_load(&sa.invalid), 1, "the loop's end must reach a suspended one too");
+	cr_assert_eq(atomic_load(&sb.invalid), 1);
+	/* Calls on connections that outlived their loop are safe. */
+	cr_assert_eq(ura_conn_resume(a), 0);
+	ura_msg *m = msg("after");
+	cr_assert_eq(ura_conn_send(a, m), -ESHUTDOWN);
+	ura_msg_unref(m);
+	ura_conn_cancel(a);
+	ura_conn_unref(a);
+	ura_conn_unref(b);
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+}

@@ -12,18 +12,26 @@
 
 #include "bench_util.h"
 
+/* How a row reads: a time per op (nop, cancel), a rate (echo, rpc), or a plain figure. */
+enum row_kind { ROW_TIME, ROW_RATE, ROW_VALUE };
+
 struct row {
+	enum row_kind kind;
 	char suite[16];
 	char param[48];
 	char contender[32];
-	char ratio_of[48]; /* what the ratio divides: "ura/raw-liburing" */
+	char ratio_of[48]; /* what the ratio divides: "ura/raw-liburing"; "" for none */
+	char unit[24];     /* ROW_VALUE: what the value counts */
 	char note[320];
-	double ns_per_op;  /* median wall time over rounds */
+	double ns_per_op;  /* median wall time per op over rounds */
 	double cpu_ns_per_op;
-	double ratio_med, ratio_min, ratio_max; /* wall time */
+	double rate;       /* ROW_RATE: median ops per second */
+	double p50_ns, p99_ns; /* ROW_RATE: median over rounds; NAN when not measured */
+	double value, value_min, value_max; /* ROW_VALUE */
+	double ratio_med, ratio_min, ratio_max; /* wall time, rate or value; NAN: none */
 	double cpu_ratio_med;
 	int rounds;
-	uint64_t ops;
+	uint64_t ops;      /* per round (ROW_RATE: the median) */
 };
 
 static struct row *rows;
@@ -195,41 +203,66 @@ static int cmp_double(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* Median of v[0..n) (n > 0); sorts v in place. */
-static double median(double *v, size_t n)
+double bench_median(double *v, size_t n)
 {
 	qsort(v, n, sizeof(*v), cmp_double);
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-/* Median per op of the wall (cpu false) or CPU times in row; 0 without memory. */
-static double median_per_op(const struct bench_time *row, int rounds, uint64_t ops, bool cpu)
+/* The ops one run did: its own count (fixed-duration runs) or the contender's. */
+static double run_ops(const struct bench_time *x, uint64_t ops)
 {
+	return (double)(x->ops ? x->ops : ops);
+}
+
+/* What one run measured, per figure. */
+enum figure { F_WALL, F_CPU, F_RATE, F_P50, F_P99 };
+
+static double figure_of(const struct bench_time *x, uint64_t ops, enum figure f)
+{
+	switch (f) {
+	case F_WALL:
+		return (double)x->wall_ns / run_ops(x, ops);
+	case F_CPU:
+		return (double)x->cpu_ns / run_ops(x, ops);
+	case F_RATE:
+		return run_ops(x, ops) * 1e9 / (double)x->wall_ns;
+	case F_P50:
+		return (double)x->p50_ns;
+	case F_P99:
+		return (double)x->p99_ns;
+	}
+	return NAN;
+}
+
+/* Median over rounds of one figure of row; NAN without memory or (latencies) when the
+ * runs did not measure it. */
+static double median_of(const struct bench_time *row, int rounds, uint64_t ops, enum figure f)
+{
+	if ((f == F_P50 && !row[0].p50_ns) || (f == F_P99 && !row[0].p99_ns))
+		return NAN;
 	double *v = malloc((size_t)rounds * sizeof(*v));
 	if (!v)
-		return 0;
+		return NAN;
 	for (int r = 0; r < rounds; r++)
-		v[r] = (double)(cpu ? row[r].cpu_ns : row[r].wall_ns) / (double)ops;
-	double m = median(v, (size_t)rounds);
+		v[r] = figure_of(&row[r], ops, f);
+	double m = bench_median(v, (size_t)rounds);
 	free(v);
 	return m;
 }
 
 double bench_median_per_op(const struct bench_time *row, int rounds, uint64_t ops)
 {
-	return median_per_op(row, rounds, ops, false);
+	return median_of(row, rounds, ops, F_WALL);
 }
 
-/* Per-round ratios ura / other per op, wall or CPU, into v (rounds values). */
+/* Per-round ratios ura / other of one figure, into v (rounds values). */
 static void ratios(double *v, const struct bench_contender *c, const struct bench_time *t,
-		   int rounds, size_t other, bool cpu)
+		   int rounds, size_t other, enum figure f)
 {
 	const struct bench_time *a = t, *b = t + other * (size_t)rounds;
-	for (int r = 0; r < rounds; r++) {
-		double x = (double)(cpu ? a[r].cpu_ns : a[r].wall_ns) / (double)c[0].ops;
-		double y = (double)(cpu ? b[r].cpu_ns : b[r].wall_ns) / (double)c[other].ops;
-		v[r] = x / y;
-	}
+	for (int r = 0; r < rounds; r++)
+		v[r] = figure_of(&a[r], c[0].ops, f) / figure_of(&b[r], c[other].ops, f);
 }
 
 static struct row *row_add(void)
@@ -247,8 +280,21 @@ static struct row *row_add(void)
 	return w;
 }
 
-int bench_record(const char *suite, const char *param, const struct bench_contender *c,
-		 size_t nc, int rounds, const struct bench_time *t, const char *note)
+static void row_names(struct row *w, enum row_kind kind, const char *suite, const char *param,
+		      const char *contender, const char *note)
+{
+	w->kind = kind;
+	snprintf(w->suite, sizeof(w->suite), "%s", suite);
+	snprintf(w->param, sizeof(w->param), "%s", param);
+	snprintf(w->contender, sizeof(w->contender), "%s", contender);
+	snprintf(w->note, sizeof(w->note), "%s", note ? note : "");
+	w->ratio_med = w->ratio_min = w->ratio_max = w->cpu_ratio_med = NAN;
+	w->p50_ns = w->p99_ns = w->rate = w->value = w->value_min = w->value_max = NAN;
+}
+
+/* Rows of one measurement of time (rate false) or rate contenders. */
+static int record(const char *suite, const char *param, const struct bench_contender *c,
+		  size_t nc, int rounds, const struct bench_time *t, const char *note, bool rate)
 {
 	double *v = malloc((size_t)rounds * sizeof(*v));
 	double *med = malloc(nc * sizeof(*med));
@@ -257,38 +303,46 @@ int bench_record(const char *suite, const char *param, const struct bench_conten
 		free(med);
 		return -ENOMEM;
 	}
+	enum figure head = rate ? F_RATE : F_WALL;
 	for (size_t i = 0; i < nc; i++)
-		med[i] = bench_median_per_op(t + i * (size_t)rounds, rounds, c[i].ops);
-	/* The ura row is compared with the fastest other contender by median time. */
+		med[i] = median_of(t + i * (size_t)rounds, rounds, c[i].ops, head);
+	/* The ura row is compared with the best other contender: the lowest median time,
+	 * or the highest median rate. */
 	size_t best = 1;
 	for (size_t i = 2; i < nc; i++)
-		if (med[i] < med[best])
+		if (rate ? med[i] > med[best] : med[i] < med[best])
 			best = i;
 	int err = 0;
 	for (size_t i = 0; i < nc; i++) {
 		size_t other = i == 0 ? best : i;
+		const struct bench_time *row = t + i * (size_t)rounds;
 		struct row *w = row_add();
 		if (!w) {
 			err = -ENOMEM;
 			break;
 		}
-		snprintf(w->suite, sizeof(w->suite), "%s", suite);
-		snprintf(w->param, sizeof(w->param), "%s", param);
-		snprintf(w->contender, sizeof(w->contender), "%s", c[i].name);
-		snprintf(w->ratio_of, sizeof(w->ratio_of), "ura/%s%s", c[other].name,
-			 i == 0 && nc > 2 ? " (best)" : "");
-		snprintf(w->note, sizeof(w->note), "%s", note ? note : "");
-		w->ns_per_op = med[i];
-		w->cpu_ns_per_op = median_per_op(t + i * (size_t)rounds, rounds, c[i].ops, true);
+		row_names(w, rate ? ROW_RATE : ROW_TIME, suite, param, c[i].name, note);
+		w->ns_per_op = median_of(row, rounds, c[i].ops, F_WALL);
+		w->cpu_ns_per_op = median_of(row, rounds, c[i].ops, F_CPU);
 		w->rounds = rounds;
 		w->ops = c[i].ops;
+		if (rate) {
+			w->rate = med[i];
+			w->p50_ns = median_of(row, rounds, c[i].ops, F_P50);
+			w->p99_ns = median_of(row, rounds, c[i].ops, F_P99);
+			for (int r = 0; r < rounds; r++)
+				v[r] = run_ops(&row[r], c[i].ops);
+			w->ops = (uint64_t)bench_median(v, (size_t)rounds);
+		}
 		if (nc < 2)
 			continue;
+		snprintf(w->ratio_of, sizeof(w->ratio_of), "%s/%s%s", c[0].name, c[other].name,
+			 i == 0 && nc > 2 ? " (best)" : "");
 		/* Per-round ratio first, then the median: never a ratio of medians. */
-		ratios(v, c, t, rounds, other, true);
-		w->cpu_ratio_med = median(v, (size_t)rounds);
-		ratios(v, c, t, rounds, other, false);
-		w->ratio_med = median(v, (size_t)rounds); /* sorts v: min and max follow */
+		ratios(v, c, t, rounds, other, F_CPU);
+		w->cpu_ratio_med = bench_median(v, (size_t)rounds);
+		ratios(v, c, t, rounds, other, head);
+		w->ratio_med = bench_median(v, (size_t)rounds); /* sorts v: min and max follow */
 		w->ratio_min = v[0];
 		w->ratio_max = v[rounds - 1];
 	}
@@ -297,17 +351,120 @@ int bench_record(const char *suite, const char *param, const struct bench_conten
 	return err;
 }
 
+int bench_record(const char *suite, const char *param, const struct bench_contender *c,
+		 size_t nc, int rounds, const struct bench_time *t, const char *note)
+{
+	return record(suite, param, c, nc, rounds, t, note, false);
+}
+
+int bench_record_rate(const char *suite, const char *param, const struct bench_contender *c,
+		      size_t nc, int rounds, const struct bench_time *t, const char *note)
+{
+	return record(suite, param, c, nc, rounds, t, note, true);
+}
+
+int bench_record_value(const char *suite, const char *param, const struct bench_value *v,
+		       const char *note)
+{
+	struct row *w = row_add();
+	if (!w)
+		return -ENOMEM;
+	row_names(w, ROW_VALUE, suite, param, v->contender, note);
+	snprintf(w->unit, sizeof(w->unit), "%s", v->unit);
+	w->value = v->med;
+	w->value_min = v->min;
+	w->value_max = v->max;
+	if (v->ratio_of) {
+		snprintf(w->ratio_of, sizeof(w->ratio_of), "%s", v->ratio_of);
+		w->ratio_med = v->ratio_med;
+		w->ratio_min = v->ratio_min;
+		w->ratio_max = v->ratio_max;
+	}
+	return 0;
+}
+
+/* A number for the table: "-" where a figure does not apply. */
+static const char *num(char *buf, size_t len, int decimals, double x)
+{
+	if (isnan(x))
+		snprintf(buf, len, "-");
+	else
+		snprintf(buf, len, "%.*f", decimals, x);
+	return buf;
+}
+
+static void print_header(enum row_kind kind)
+{
+	switch (kind) {
+	case ROW_TIME:
+		printf("\n%-7s %-16s %-13s %11s %10s %13s %9s  %s\n", "suite", "parameter",
+		       "contender", "ns/op (med)", "ratio(med)", "min..max", "cpu ratio",
+		       "ratio is");
+		break;
+	case ROW_RATE:
+		printf("\n%-7s %-17s %-13s %11s %10s %13s %11s %9s %8s %8s  %s\n", "suite",
+		       "parameter", "contender", "req/s (med)", "ratio(med)", "min..max",
+		       "srv cpu/req", "cpu ratio", "p50 us", "p99 us", "ratio is");
+		break;
+	case ROW_VALUE:
+		printf("\n%-7s %-22s %-22s %10s %-10s %17s %10s %13s  %s\n", "suite",
+		       "parameter", "contender", "value(med)", "unit", "min..max",
+		       "ratio(med)", "min..max", "ratio is");
+		break;
+	}
+}
+
+static void print_row(const struct row *w)
+{
+	char a[32], b[32], c[32], d[32], e[32], f[32];
+	switch (w->kind) {
+	case ROW_TIME:
+		printf("%-7s %-16s %-13s %11.1f %10s %6s..%-6s %9s  %s\n", w->suite, w->param,
+		       w->contender, w->ns_per_op, num(a, sizeof(a), 3, w->ratio_med),
+		       num(b, sizeof(b), 3, w->ratio_min),
+		       num(c, sizeof(c), 3, w->ratio_max),
+		       num(d, sizeof(d), 3, w->cpu_ratio_med), w->ratio_of);
+		break;
+	case ROW_RATE:
+		printf("%-7s %-17s %-13s %11.0f %10s %6s..%-6s %8.0f ns %9s %8s %8s  %s\n",
+		       w->suite, w->param, w->contender, w->rate,
+		       num(a, sizeof(a), 3, w->ratio_med),
+		       num(b, sizeof(b), 3, w->ratio_min),
+		       num(c, sizeof(c), 3, w->ratio_max), w->cpu_ns_per_op,
+		       num(d, sizeof(d), 3, w->cpu_ratio_med),
+		       num(e, sizeof(e), 1, w->p50_ns / 1e3),
+		       num(f, sizeof(f), 1, w->p99_ns / 1e3), w->ratio_of);
+		break;
+	case ROW_VALUE:
+		/* A figure with no spread (a sizeof: NAN) or no ratio shows its cells empty. */
+		if (isnan(w->value_min))
+			b[0] = '\0';
+		else
+			snprintf(b, sizeof(b), "%.1f..%.1f", w->value_min, w->value_max);
+		if (isnan(w->ratio_min))
+			e[0] = '\0';
+		else
+			snprintf(e, sizeof(e), "%.3f..%.3f", w->ratio_min, w->ratio_max);
+		printf("%-7s %-22s %-22s %10s %-10s %17s %10s %13s  %s\n", w->suite, w->param,
+		       w->contender, num(a, sizeof(a), 1, w->value), w->unit, b,
+		       isnan(w->ratio_med) ? "" : num(d, sizeof(d), 3, w->ratio_med), e,
+		       w->ratio_of);
+		break;
+	}
+}
+
 void bench_print_table(const char *suite)
 {
-	printf("\n%-7s %-16s %-13s %11s %10s %13s %9s  %s\n", "suite", "parameter",
-	       "contender", "ns/op (med)", "ratio(med)", "min..max", "cpu ratio", "ratio is");
+	int kind = -1;
 	for (size_t i = 0; i < nrows; i++) {
 		const struct row *w = &rows[i];
 		if (strcmp(w->suite, suite) != 0)
 			continue;
-		printf("%-7s %-16s %-13s %11.1f %10.3f %6.3f..%-6.3f %9.3f  %s\n", w->suite,
-		       w->param, w->contender, w->ns_per_op, w->ratio_med, w->ratio_min,
-		       w->ratio_max, w->cpu_ratio_med, w->ratio_of);
+		if ((int)w->kind != kind) {
+			kind = (int)w->kind;
+			print_header(w->kind);
+		}
+		print_row(w);
 		/* A measurement's note once, under its last row. */
 		bool last = i + 1 == nrows || strcmp(rows[i + 1].param, w->param) != 0 ||
 			    strcmp(rows[i + 1].suite, w->suite) != 0;
@@ -341,6 +498,56 @@ static void json_num(FILE *f, double x)
 		fputs("null", f);
 }
 
+static const char *const kind_name[] = {
+	[ROW_TIME] = "time",
+	[ROW_RATE] = "rate",
+	[ROW_VALUE] = "value",
+};
+_Static_assert(sizeof(kind_name) / sizeof(kind_name[0]) == ROW_VALUE + 1, "a name per kind");
+
+static void json_field(FILE *f, const char *key, double x)
+{
+	fprintf(f, ", \"%s\": ", key);
+	json_num(f, x);
+}
+
+/* One result per line: scripts/bench-plot reads them with awk. */
+static void json_row(FILE *f, const struct row *w)
+{
+	fprintf(f, "{\"suite\": ");
+	json_str(f, w->suite);
+	fprintf(f, ", \"param\": ");
+	json_str(f, w->param);
+	fprintf(f, ", \"contender\": ");
+	json_str(f, w->contender);
+	fprintf(f, ", \"kind\": \"%s\"", kind_name[w->kind]);
+	if (w->kind == ROW_VALUE) {
+		fprintf(f, ", \"unit\": ");
+		json_str(f, w->unit);
+		json_field(f, "value_median", w->value);
+		json_field(f, "value_min", w->value_min);
+		json_field(f, "value_max", w->value_max);
+	} else {
+		if (w->kind == ROW_RATE) {
+			json_field(f, "req_per_s_median", w->rate);
+			json_field(f, "p50_ns_median", w->p50_ns);
+			json_field(f, "p99_ns_median", w->p99_ns);
+		}
+		json_field(f, "ns_per_op_median", w->ns_per_op);
+		json_field(f, "cpu_ns_per_op_median", w->cpu_ns_per_op);
+	}
+	fprintf(f, ", \"ratio\": ");
+	json_str(f, w->ratio_of);
+	json_field(f, "ratio_median", w->ratio_med);
+	json_field(f, "ratio_min", w->ratio_min);
+	json_field(f, "ratio_max", w->ratio_max);
+	json_field(f, "cpu_ratio_median", w->cpu_ratio_med);
+	fprintf(f, ", \"rounds\": %d, \"ops_per_round\": %llu, \"note\": ", w->rounds,
+		(unsigned long long)w->ops);
+	json_str(f, w->note);
+	fputc('}', f);
+}
+
 static int write_json(const struct bench_opts *opts)
 {
 	FILE *f = fopen(opts->json_path, "w");
@@ -349,38 +556,22 @@ static int write_json(const struct bench_opts *opts)
 	struct utsname u;
 	if (uname(&u) < 0)
 		snprintf(u.release, sizeof(u.release), "unknown");
+	char date[32] = "unknown";
+	time_t now = time(NULL);
+	struct tm tm;
+	if (gmtime_r(&now, &tm))
+		strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", &tm);
 	fprintf(f, "{\n  \"tool\": \"ura-bench\",\n  \"kernel\": ");
 	json_str(f, u.release);
-	fprintf(f, ",\n  \"quick\": %s,\n  \"rounds\": %d,\n", opts->quick ? "true" : "false",
+	fprintf(f, ",\n  \"date\": \"%s\",\n  \"cpus\": %ld,\n", date,
+		sysconf(_SC_NPROCESSORS_ONLN));
+	fprintf(f, "  \"quick\": %s,\n  \"rounds\": %d,\n", opts->quick ? "true" : "false",
 		opts->rounds);
 	fprintf(f, "  \"method\": \"interleaved rounds; medians of per-round ratios\",\n");
 	fprintf(f, "  \"results\": [");
 	for (size_t i = 0; i < nrows; i++) {
-		const struct row *w = &rows[i];
-		fprintf(f, "%s\n    {\"suite\": ", i ? "," : "");
-		json_str(f, w->suite);
-		fprintf(f, ", \"param\": ");
-		json_str(f, w->param);
-		fprintf(f, ", \"contender\": ");
-		json_str(f, w->contender);
-		fprintf(f, ", \"ns_per_op_median\": ");
-		json_num(f, w->ns_per_op);
-		fprintf(f, ", \"ratio\": ");
-		json_str(f, w->ratio_of);
-		fprintf(f, ", \"ratio_median\": ");
-		json_num(f, w->ratio_med);
-		fprintf(f, ", \"ratio_min\": ");
-		json_num(f, w->ratio_min);
-		fprintf(f, ", \"ratio_max\": ");
-		json_num(f, w->ratio_max);
-		fprintf(f, ", \"cpu_ns_per_op_median\": ");
-		json_num(f, w->cpu_ns_per_op);
-		fprintf(f, ", \"cpu_ratio_median\": ");
-		json_num(f, w->cpu_ratio_med);
-		fprintf(f, ", \"rounds\": %d, \"ops_per_round\": %llu, \"note\": ", w->rounds,
-			(unsigned long long)w->ops);
-		json_str(f, w->note);
-		fputc('}', f);
+		fprintf(f, "%s\n    ", i ? "," : "");
+		json_row(f, &rows[i]);
 	}
 	fprintf(f, "\n  ]\n}\n");
 	int err = ferror(f) ? -EIO : 0;

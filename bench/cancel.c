@@ -33,8 +33,9 @@
 #define MAX_PAIRS 1000u
 /* Descriptors kept free for rings, eventfds and stdio. */
 #define FD_SLACK 64u
+/* The kernel's limits, which ura_loop_new enforces (-EINVAL beyond them). */
 #define MAX_SQ 32768u
-#define MAX_CQ 1048576u
+#define MAX_CQ 65536u
 /* Small N is repeated until a run cancels at least this many tasks: runs of a few
  * milliseconds are at the mercy of every other process on the machine. */
 #define TASKS_PER_RUN 50000u
@@ -435,9 +436,9 @@ static int measure_n(const struct bench_opts *opts, unsigned n, const int *rx, u
 		     struct any_all_seen seen[W_COUNT], struct bench_time *t)
 {
 	/* SQ: all N targets in one fill where the maximum allows (plus ura's cancel
-	 * headroom); CQ: N target CQEs plus N cancel CQEs. Both rings are set up with CLAMP,
-	 * so the kernel may grant less (at most 32768 SQ and 65536 CQ entries): both sides
-	 * then reap while cancelling, and may meet CQ overflow. */
+	 * headroom); CQ: N target CQEs plus N cancel CQEs, up to the kernel's 65536 (ura
+	 * refuses more). Where the CQ is smaller than that, both sides reap while
+	 * cancelling, and may meet CQ overflow. */
 	unsigned sq = pow2_at_least(n + n / 8 + 64);
 	sq = sq > MAX_SQ ? MAX_SQ : sq;
 	unsigned cq = pow2_at_least(2 * n + 64);

@@ -1,11 +1,14 @@
 /*
- * ura-bench: ura against raw liburing, in the same process.
+ * ura-bench: ura against raw liburing and the usual alternatives.
  *
- *   ura-bench nop|cancel|all [--quick] [--rounds N] [--json FILE]
+ *   ura-bench nop|cancel|echo|rpc|memory|all [--quick] [--rounds N] [--json FILE]
  *
  * Results are ratios (the median of per-round ratios, see bench_util.h), printed as a
  * table on stdout; progress goes to stderr. Nothing here passes or fails on a timing:
  * the exit status reports only errors (bad usage, a failed or incorrect run).
+ *
+ * `ura-bench serve <name> <arg>` (not listed in the usage) is how the echo, rpc and
+ * memory suites start their child processes (serve.h).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -13,25 +16,55 @@
 #include <string.h>
 
 #include "bench_util.h"
+#include "serve.h"
 
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: ura-bench nop|cancel|all [--quick] [--rounds N] [--json FILE]\n"
+		"usage: ura-bench nop|cancel|echo|rpc|memory|all [--quick] [--rounds N] "
+		"[--json FILE]\n"
 		"  nop       ura NOP tasks vs raw liburing NOPs, batches 1, 32, 128\n"
 		"  cancel    invalidate_and_cancel on N live tasks vs raw ASYNC_CANCEL\n"
-		"  all       both suites\n"
-		"  --quick   smaller workloads (about 20 s per suite)\n"
+		"  echo      TCP echo servers on loopback: ura, raw liburing, epoll, libuv\n"
+		"  rpc       ura connections: request/reply rate and latency, unix vs tcp\n"
+		"  memory    bytes per in-flight task (1M timeouts) vs libuv's structs\n"
+		"  all       every suite\n"
+		"  --quick   smaller workloads and %d rounds (all suites in about a minute)\n"
 		"  --rounds  timed rounds per measurement (default %d, at least %d)\n"
 		"  --json    also write the results to FILE\n"
-		"Ratios are medians of per-round ratios ura time / contender time per op,\n"
-		"on wall time and on the benchmark thread's CPU time.\n",
-		BENCH_DEFAULT_ROUNDS, BENCH_MIN_ROUNDS);
+		"Ratios are medians of per-round ratios ura / contender: of time per op (nop,\n"
+		"cancel), of requests/s and server CPU per request (echo, rpc), of bytes\n"
+		"(memory).\n",
+		BENCH_MIN_ROUNDS, BENCH_DEFAULT_ROUNDS, BENCH_MIN_ROUNDS);
+}
+
+static const struct {
+	const char *name;
+	int (*run)(const struct bench_opts *opts);
+} suites[] = {
+	{ "nop", bench_nop },
+	{ "cancel", bench_cancel },
+	{ "echo", bench_echo },
+	{ "rpc", bench_rpc },
+	{ "memory", bench_memory },
+};
+
+static bool is_suite(const char *a)
+{
+	if (strcmp(a, "all") == 0)
+		return true;
+	for (size_t i = 0; i < sizeof(suites) / sizeof(suites[0]); i++)
+		if (strcmp(a, suites[i].name) == 0)
+			return true;
+	return false;
 }
 
 int main(int argc, char **argv)
 {
+	if (argc >= 2 && strcmp(argv[1], "serve") == 0)
+		return bench_serve(argc - 2, argv + 2);
 	struct bench_opts opts = { .rounds = BENCH_DEFAULT_ROUNDS };
+	bool rounds_given = false;
 	const char *suite = NULL;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -46,13 +79,13 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			opts.rounds = (int)v;
+			rounds_given = true;
 		} else if (strcmp(a, "--json") == 0 && i + 1 < argc) {
 			opts.json_path = argv[++i];
 		} else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
 			usage(stdout);
 			return 0;
-		} else if (!suite && (strcmp(a, "nop") == 0 || strcmp(a, "cancel") == 0 ||
-				      strcmp(a, "all") == 0)) {
+		} else if (!suite && is_suite(a)) {
 			suite = a;
 		} else {
 			fprintf(stderr, "ura-bench: unexpected argument '%s'\n", a);
@@ -64,20 +97,24 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	/* --quick keeps every suite but runs the fewest rounds the method allows. */
+	if (opts.quick && !rounds_given)
+		opts.rounds = BENCH_MIN_ROUNDS;
 	/* Results go to a pipe or file as often as to a terminal: keep lines whole. */
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	printf("ura-bench %s: %d rounds%s; ratio = median over rounds of "
-	       "(ura time / contender time) per op in the same round,\n"
-	       "on wall time (min..max over rounds) and on the thread's CPU time (cpu ratio)\n",
+	printf("ura-bench %s: %d rounds%s, contenders interleaved in every round; ratio = median\n"
+	       "over rounds of the per-round ratio ura / contender, of: time per op (nop, cancel:\n"
+	       "wall, min..max, and the thread's CPU time as cpu ratio), requests/s and server\n"
+	       "CPU per request (echo, rpc), bytes per task (memory)\n",
 	       suite, opts.rounds, opts.quick ? ", quick" : "");
 
 	bool all = strcmp(suite, "all") == 0;
 	int err = 0;
-	if (all || strcmp(suite, "nop") == 0)
-		err = bench_nop(&opts);
-	if (all || strcmp(suite, "cancel") == 0) {
-		/* Run the other suite even when one failed: its numbers still stand. */
-		int e = bench_cancel(&opts);
+	for (size_t i = 0; i < sizeof(suites) / sizeof(suites[0]); i++) {
+		if (!all && strcmp(suite, suites[i].name) != 0)
+			continue;
+		/* Run the other suites even when one failed: their numbers still stand. */
+		int e = suites[i].run(&opts);
 		if (!err)
 			err = e;
 	}

@@ -1,0 +1,201 @@
+/*
+ * Echo server on ura's raw tasks: a multishot accept, one multishot recv per
+ * connection into a provided-buffer ring, and a send straight from the received
+ * buffer, which goes back to the ring when the send completes (no copy). A connection
+ * keeps one send in flight; chunks that arrive meanwhile wait in order. Everything
+ * runs on the loop's shared session; ura_loop_run drives it.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "ura.h"
+
+#include "echo_server.h"
+
+struct econn {
+	int fd;
+	int32_t head, tail; /* buffers waiting to be echoed, linked by bid; -1: none */
+	uint32_t off;       /* bytes of the head buffer already sent */
+	ura_task recv;
+	bool sending, recv_live, closing;
+};
+
+static struct {
+	ura_loop *loop;
+	ura_session *s;
+	ura_buf_ring *br;
+	int lfd;
+	int32_t next[ECHO_NBUFS]; /* queue links of buffers held by connections */
+	uint32_t len[ECHO_NBUFS]; /* bytes received into each held buffer */
+} sv;
+
+static uint32_t buf_flags(int32_t bid)
+{
+	return IORING_CQE_F_BUFFER | (uint32_t)bid << IORING_CQE_BUFFER_SHIFT;
+}
+
+static void drop_queue(struct econn *c)
+{
+	while (c->head >= 0) {
+		int32_t bid = c->head;
+		c->head = sv.next[bid];
+		ura_buf_ring_recycle(sv.br, buf_flags(bid));
+	}
+	c->tail = -1;
+}
+
+static void maybe_free(struct econn *c)
+{
+	if (!c->closing || c->sending || c->recv_live)
+		return;
+	drop_queue(c);
+	close(c->fd);
+	free(c);
+}
+
+/* Stops a connection: its recv is cancelled, and it goes once nothing is in flight. */
+static void shut(struct econn *c)
+{
+	c->closing = true;
+	if (c->recv_live)
+		(void)ura_task_cancel(sv.s, c->recv);
+	maybe_free(c);
+}
+
+static void on_send(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg);
+
+static void kick(struct econn *c)
+{
+	if (c->sending || c->head < 0 || c->closing)
+		return;
+	int32_t bid = c->head;
+	unsigned char *buf = ura_buf_ring_buffer(sv.br, buf_flags(bid));
+	int r = ura_send(sv.s, c->fd, buf + c->off, sv.len[bid] - c->off, MSG_NOSIGNAL, on_send,
+			 c, NULL);
+	if (r < 0) {
+		fprintf(stderr, "echo-ura: send: %s\n", strerror(-r));
+		shut(c);
+		return;
+	}
+	c->sending = true;
+}
+
+static void on_send(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg)
+{
+	struct econn *c = arg;
+	c->sending = false;
+	if (res < 0) {
+		shut(c);
+		return;
+	}
+	c->off += (uint32_t)res;
+	int32_t bid = c->head;
+	if (c->off == sv.len[bid]) {
+		c->off = 0;
+		c->head = sv.next[bid];
+		if (c->head < 0)
+			c->tail = -1;
+		ura_buf_ring_recycle(sv.br, buf_flags(bid));
+	}
+	kick(c);
+	maybe_free(c);
+}
+
+static void on_recv(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg);
+
+static void arm_recv(struct econn *c)
+{
+	int r = ura_recv_multishot(sv.s, c->fd, sv.br, 0, on_recv, c, &c->recv);
+	if (r < 0) {
+		fprintf(stderr, "echo-ura: recv: %s\n", strerror(-r));
+		shut(c);
+		return;
+	}
+	c->recv_live = true;
+}
+
+static void on_recv(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg)
+{
+	struct econn *c = arg;
+	if (res > 0 && (flags & IORING_CQE_F_BUFFER) && !c->closing) {
+		int32_t bid = (int32_t)(flags >> IORING_CQE_BUFFER_SHIFT);
+		sv.len[bid] = (uint32_t)res;
+		sv.next[bid] = -1;
+		if (c->tail >= 0)
+			sv.next[c->tail] = bid;
+		else
+			c->head = bid;
+		c->tail = bid;
+		kick(c);
+	} else {
+		ura_buf_ring_recycle(sv.br, flags); /* a no-op without a buffer */
+	}
+	if (flags & IORING_CQE_F_MORE)
+		return;
+	c->recv_live = false;
+	/* A multishot recv also ends after data, or when the ring ran dry: re-arm. */
+	if (!c->closing && (res > 0 || res == -ENOBUFS)) {
+		arm_recv(c);
+		return;
+	}
+	shut(c); /* end of stream, an error, or cancelled */
+}
+
+static void on_accept(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg);
+
+static int arm_accept(void)
+{
+	return ura_accept_multishot(sv.s, sv.lfd, SOCK_CLOEXEC, on_accept, NULL, NULL);
+}
+
+static void on_accept(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg)
+{
+	if (res >= 0) {
+		struct econn *c = calloc(1, sizeof(*c));
+		if (!c) {
+			close(res);
+		} else {
+			int one = 1;
+			(void)setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+			c->fd = res;
+			c->head = c->tail = -1;
+			arm_recv(c);
+		}
+	}
+	if (!(flags & IORING_CQE_F_MORE)) {
+		int r = arm_accept();
+		if (r < 0)
+			fprintf(stderr, "echo-ura: accept: %s\n", strerror(-r));
+	}
+}
+
+int echo_serve_ura(int listen_fd)
+{
+	struct ura_loop_config cfg = { .sq_entries = ECHO_SQ, .cq_entries = ECHO_CQ };
+	sv.lfd = listen_fd;
+	int r = ura_loop_new(&cfg, &sv.loop);
+	if (r < 0)
+		return r;
+	sv.s = ura_session_shared(sv.loop);
+	r = ura_buf_ring_new(sv.loop, ECHO_BGID, ECHO_NBUFS, ECHO_BUF_SIZE, &sv.br);
+	if (r < 0)
+		goto out;
+	r = arm_accept();
+	if (r < 0)
+		goto out;
+	echo_ready();
+	r = ura_loop_run(sv.loop); /* returns only when nothing is left, or on error */
+out:
+	/* The ring's buffers go first: no recv is left when we get here (an error return
+	 * ends the process). */
+	ura_buf_ring_free(sv.br);
+	ura_loop_free(sv.loop);
+	return r;
+}

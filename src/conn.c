@@ -175,6 +175,7 @@ struct op {
 	struct ura__out *out;
 	uint8_t flags;
 	uint64_t reply_to;
+	uint32_t epoch;      /* of a reply: the peer its request came from */
 	ura_event_fn reply;
 	void *arg;
 };
@@ -315,13 +316,18 @@ static void fail_replies(ura_conn *c, enum ura_error e)
 	}
 }
 
-/* Unanswered requests: each holds a transaction until answered or the end. */
-static void hold_request(ura_conn *c, uint64_t id)
+/*
+ * Unanswered requests, by message (ids from a new peer may repeat an old peer's). Each
+ * holds a transaction until it is answered, released (its last unref), or its peer is
+ * gone: a client's interruption makes its requests stale, and the end of the connection
+ * forgets them all. Any thread answers, hence the lock.
+ */
+static void hold_request(ura_conn *c, ura_msg *m)
 {
 	pthread_mutex_lock(&c->lock);
 	if (c->n_unanswered == c->cap_unanswered) {
 		size_t cap = c->cap_unanswered ? c->cap_unanswered * 2 : 8;
-		uint64_t *grown = ura__realloc(c->unanswered, cap * sizeof(*grown));
+		struct ura__request *grown = ura__realloc(c->unanswered, cap * sizeof(*grown));
 		if (!grown) {
 			pthread_mutex_unlock(&c->lock);
 			return; /* not tracked: a reply to it will be refused as unknown */
@@ -329,43 +335,57 @@ static void hold_request(ura_conn *c, uint64_t id)
 		c->unanswered = grown;
 		c->cap_unanswered = cap;
 	}
-	c->unanswered[c->n_unanswered++] = id;
+	c->unanswered[c->n_unanswered++] = (struct ura__request){ .msg = m };
 	pthread_mutex_unlock(&c->lock);
 	ura_transaction_begin(c->loop);
 }
 
-/* Marks the request answered; its transaction moves to the reply's queue entry. */
-static bool answer_request(ura_conn *c, uint64_t id)
+/* Takes m out of the set: 0 (its transaction is the caller's to end or move), -ENOTCONN
+ * if its peer is gone (transaction already ended), -EINVAL if unknown or answered. */
+static int take_request(ura_conn *c, const ura_msg *m, uint32_t *epoch)
 {
-	bool found = false;
+	int r = -EINVAL;
 	pthread_mutex_lock(&c->lock);
+	/* Under the lock, with the stale marks: a request taken live has this epoch. */
+	if (epoch)
+		*epoch = atomic_load_explicit(&c->epoch, memory_order_relaxed);
 	for (size_t i = 0; i < c->n_unanswered; i++) {
-		if (c->unanswered[i] == id) {
+		if (c->unanswered[i].msg == m) {
+			r = c->unanswered[i].stale ? -ENOTCONN : 0;
 			c->unanswered[i] = c->unanswered[--c->n_unanswered];
-			found = true;
 			break;
 		}
 	}
 	pthread_mutex_unlock(&c->lock);
-	return found;
+	return r;
 }
 
 /* The last reference to a request went: unanswered, it gives its transaction back. */
 static void request_released(ura_msg *m, void *arg)
 {
 	ura_conn *c = arg;
-	if (answer_request(c, ura__msg_id(m)))
+	if (take_request(c, m, NULL) == 0)
 		ura_transaction_end(c->loop);
 	release(c); /* the reference the request held */
 }
 
-static void release_requests(ura_conn *c)
+/* The peer is gone: every live request ends its transaction; stale ones stay known so
+ * a late reply is told -ENOTCONN. forget: the connection ends, drop them all. */
+static void requests_peer_gone(ura_conn *c, bool forget)
 {
+	size_t ended = 0;
 	pthread_mutex_lock(&c->lock);
-	size_t n = c->n_unanswered;
-	c->n_unanswered = 0;
+	/* A new epoch with the stale marks, atomically for take_request (relaxed: the lock
+	 * orders it). */
+	atomic_fetch_add_explicit(&c->epoch, 1, memory_order_relaxed);
+	for (size_t i = 0; i < c->n_unanswered; i++) {
+		ended += !c->unanswered[i].stale;
+		c->unanswered[i].stale = true;
+	}
+	if (forget)
+		c->n_unanswered = 0;
 	pthread_mutex_unlock(&c->lock);
-	while (n--)
+	while (ended--)
 		ura_transaction_end(c->loop);
 }
 
@@ -394,7 +414,7 @@ void ura__conn_frame(ura_conn *c, const struct ura__frame *f)
 	} else {
 		if (f->flags & URA__FRAME_EXPECTS_REPLY) {
 			/* Held until answered or released (the hook on its last unref). */
-			hold_request(c, f->id);
+			hold_request(c, m);
 			atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
 			m->on_release = request_released;
 			m->release_arg = c;
@@ -444,6 +464,11 @@ void ura__conn_peer_gone(ura_conn *c, int err)
 	c->state = URA__CONN_DISCONNECTED;
 	if (c->writing)
 		(void)ura_task_cancel(c->io, c->write_task);
+	/* Every reply handler hears INTERRUPTED below, so nothing queued may go out on the
+	 * next socket (a new peer would get requests whose replies nobody waits for), and
+	 * the old peer's requests cannot be answered to the new one. */
+	ura__conn_drop_unsent(c);
+	requests_peer_gone(c, false);
 	c->head_written = 0;
 	void *partial = ura__frame_decoder_reset(&c->dec);
 	if (partial)
@@ -517,7 +542,7 @@ static void io_session_invalid(ura_session *s, int error, void *ctx)
 		ura_msg_unref(ura__msg_of_data(partial));
 	drop_held_handler_events(c);
 	fail_replies(c, URA_ERROR_CONNECTION_INVALID);
-	release_requests(c);
+	requests_peer_gone(c, true);
 	/* The final event is delivered even to a connection never activated: it is how the
 	 * owner learns the connection is gone. Held events go first. */
 	atomic_store_explicit(&c->activated, true, memory_order_release);
@@ -543,6 +568,11 @@ static void op_send(ura_conn *c, struct op *op)
 {
 	struct ura__out *o = op->out;
 	op->out = NULL;
+	if ((op->flags & URA__FRAME_IS_REPLY) &&
+	    op->epoch != atomic_load_explicit(&c->epoch, memory_order_relaxed)) {
+		ura__conn_free_out(o); /* its request's peer left: a new peer must not get it */
+		return;
+	}
 	if (c->state >= URA__CONN_CANCELLING) {
 		/* Too late: a reply handler still hears about it, exactly once. */
 		if (op->reply)
@@ -675,7 +705,7 @@ void ura_conn_cancel(ura_conn *c)
 }
 
 static int send_common(ura_conn *c, ura_msg *m, uint8_t flags, uint64_t reply_to,
-		       ura_event_fn reply, void *arg)
+		       uint32_t epoch, ura_event_fn reply, void *arg)
 {
 	if (!c || !m)
 		return -EINVAL;
@@ -697,6 +727,7 @@ static int send_common(ura_conn *c, ura_msg *m, uint8_t flags, uint64_t reply_to
 	op->out = o;
 	op->flags = flags;
 	op->reply_to = reply_to;
+	op->epoch = epoch;
 	op->reply = reply;
 	op->arg = arg;
 	return dispatch(op);
@@ -704,14 +735,14 @@ static int send_common(ura_conn *c, ura_msg *m, uint8_t flags, uint64_t reply_to
 
 int ura_conn_send(ura_conn *c, ura_msg *m)
 {
-	return send_common(c, m, 0, 0, NULL, NULL);
+	return send_common(c, m, 0, 0, 0, NULL, NULL);
 }
 
 int ura_conn_send_with_reply(ura_conn *c, ura_msg *m, ura_event_fn reply, void *arg)
 {
 	if (!reply)
 		return -EINVAL;
-	return send_common(c, m, URA__FRAME_EXPECTS_REPLY, 0, reply, arg);
+	return send_common(c, m, URA__FRAME_EXPECTS_REPLY, 0, 0, reply, arg);
 }
 
 int ura_conn_reply(ura_conn *c, ura_msg *request, ura_msg *reply)
@@ -720,9 +751,11 @@ int ura_conn_reply(ura_conn *c, ura_msg *request, ura_msg *reply)
 		return -EINVAL;
 	if (atomic_load_explicit(&c->cancelled, memory_order_acquire))
 		return -ESHUTDOWN;
-	if (!answer_request(c, ura__msg_id(request)))
-		return -EINVAL; /* not a request of this connection, or answered already */
-	int r = send_common(c, reply, URA__FRAME_IS_REPLY, ura__msg_id(request), NULL, NULL);
+	uint32_t epoch;
+	int r = take_request(c, request, &epoch);
+	if (r < 0)
+		return r; /* -EINVAL: not a request of c, or answered; -ENOTCONN: its peer left */
+	r = send_common(c, reply, URA__FRAME_IS_REPLY, ura__msg_id(request), epoch, NULL, NULL);
 	if (r < 0)
 		ura_transaction_end(c->loop); /* the reply will never be written */
 	return r;

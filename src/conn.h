@@ -35,6 +35,12 @@ struct ura__reply {
 	void *arg;
 };
 
+/* A received request not answered yet (no reference: its release hook removes it). */
+struct ura__request {
+	const ura_msg *msg;
+	bool stale; /* its peer is gone (a client's interruption): the reply has nowhere to go */
+};
+
 /* An event held back while the connection is inactive or suspended. fn NULL: the
  * connection's handler. */
 struct ura__held_event {
@@ -61,6 +67,7 @@ struct ura_conn {
 	_Atomic bool activated;
 	_Atomic bool cancelled;
 	_Atomic bool finished;      /* final event delivered: nothing may touch the loop now */
+	_Atomic uint32_t epoch;     /* interruptions so far (a reply belongs to one epoch) */
 	_Atomic(char *) reason;     /* set once, on the loop thread, before the final event */
 	/* Activation and cancel happen once each and must not fail for want of memory: their
 	 * commands to the loop are embedded here. */
@@ -72,7 +79,7 @@ struct ura_conn {
 	/* Requests received that expect a reply and are not answered yet (any thread
 	 * answers, so under a lock). Each holds one transaction of the loop. */
 	pthread_mutex_t lock;
-	uint64_t *unanswered;
+	struct ura__request *unanswered;
 	size_t n_unanswered, cap_unanswered;
 
 	/* Loop thread only. */

@@ -278,6 +278,18 @@ static void on_write(ura_session *s, ura_task t, int32_t res, uint32_t flags, vo
 		c->in_write--;
 		ura__conn_free_out(o);
 	}
+	if (c->state == URA__CONN_DISCONNECTED) {
+		/* What this write still covered was meant for the old peer, whose replies were
+		 * already failed: drop it. Later sends (for the next peer) stay queued. */
+		for (; c->in_write && c->out_head; c->in_write--) {
+			struct ura__out *o = c->out_head;
+			c->out_head = o->next;
+			if (!c->out_head)
+				c->out_tail = NULL;
+			ura__conn_free_out(o);
+		}
+		c->head_written = 0;
+	}
 	c->in_write = 0;
 	task_done_on_fd(c);
 	if (c->state == URA__CONN_DISCONNECTED && c->fd < 0 && c->out_head) {

@@ -330,7 +330,8 @@ Test(ops, read_blocks_until_data_arrives)
 {
 	int p[2];
 	make_pipe(p);
-	char buf[16];
+	/* Initialized: valgrind cannot see the kernel write it through the ring. */
+	char buf[16] = { 0 };
 	struct rec r = { 0 };
 	ura_task t = 0;
 	cr_assert_eq(ura_read(sh, p[0], buf, sizeof(buf), 0, rec_fn, &r, &t), 0);

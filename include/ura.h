@@ -324,7 +324,9 @@ int ura_conn_send(ura_conn *c, ura_msg *m);
 /* As send; reply(c, event, arg) runs exactly once on the loop thread with the answer
  * (a MESSAGE event) or an error event (INTERRUPTED, INVALID). Any thread. */
 int ura_conn_send_with_reply(ura_conn *c, ura_msg *m, ura_event_fn reply, void *arg);
-/* Answers request (a received message that expects a reply) with reply. Any thread. */
+/* Answers request (a received message that expects a reply) with reply. -EINVAL if it is
+ * not an unanswered request of c; -ENOTCONN if the client was interrupted since it arrived
+ * (the peer that asked is gone); -ESHUTDOWN once cancelled. Any thread. */
 int ura_conn_reply(ura_conn *c, ura_msg *request, ura_msg *reply);
 ura_loop *ura_conn_loop(ura_conn *c);
 /* Asynchronous, non-preemptive, idempotent: unsent messages are dropped, in-flight I/O

@@ -131,6 +131,7 @@ void ura_session_unref(ura_session *s)
 		ura__free(b);
 	}
 	free(s->description);
+	ura__free(s->scratch);
 	pthread_mutex_destroy(&s->desc_lock);
 	ura__free(s);
 }

@@ -4,11 +4,7 @@
  * prints counts. scripts/soak builds and runs it; tests/meson.build builds it without a
  * test(), so `meson test` never starts it.
  *
- *   soak [--keep-peers] [SECONDS]      (default 60)
- *
- * --keep-peers: the server side never closes first (peers end when their client does),
- * so no client is ever interrupted and none reconnects. Without it (the default), clients
- * are interrupted and reconnect, and late replies to the old peer are refused.
+ *   soak [SECONDS]      (default 60)
  *
  * Parts: this file (threads, the mix of actions, drain, totals), soak_tasks.c (sessions
  * and tasks), soak_conns.c (connections), soak.h (what they share).
@@ -56,7 +52,6 @@
 struct soak_counts counts;
 ura_loop *loop;
 _Atomic bool draining, stop_workers;
-bool keep_peers;
 char address[64];
 static pthread_t loop_thread;
 
@@ -279,14 +274,9 @@ static void totals(void)
 
 int main(int argc, char **argv)
 {
-	int a = 1;
-	if (a < argc && strcmp(argv[a], "--keep-peers") == 0) {
-		keep_peers = true;
-		a++;
-	}
-	unsigned secs = a < argc ? (unsigned)strtoul(argv[a++], NULL, 10) : 60;
-	if (secs == 0 || a < argc) {
-		fprintf(stderr, "usage: soak [--keep-peers] [SECONDS]\n");
+	unsigned secs = argc > 1 ? (unsigned)strtoul(argv[1], NULL, 10) : 60;
+	if (secs == 0 || argc > 2) {
+		fprintf(stderr, "usage: soak [SECONDS]\n");
 		return 2;
 	}
 	signal(SIGALRM, on_watchdog);
@@ -313,8 +303,7 @@ int main(int argc, char **argv)
 	}
 	if (ura_timeout(ura_session_shared(loop), 2 * MS, tick, NULL, NULL) != 0)
 		violation("ticker submit");
-	printf("soak: %u s, %d workers, listener %s%s\n", secs, WORKERS, address,
-	       keep_peers ? ", peers never close first" : "");
+	printf("soak: %u s, %d workers, listener %s\n", secs, WORKERS, address);
 	fflush(stdout);
 
 	pthread_t th[WORKERS + 1];

@@ -47,7 +47,6 @@ extern struct soak_counts counts;
 extern ura_loop *loop;
 extern _Atomic bool draining;     /* the drain has begun: no new work from callbacks */
 extern _Atomic bool stop_workers;
-extern bool keep_peers;           /* --keep-peers */
 extern char address[64];          /* the listener's */
 /* Counts a broken invariant and prints the first MAX_REPORTED. Any thread. */
 void violation(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -306,8 +306,8 @@ void act_drop_conn(void)
 {
 	ura_conn *c = NULL;
 	pthread_mutex_lock(&table_lock);
-	unsigned i = n_conns ? below(n_conns) : 0;
-	if (n_conns && !(keep_peers && conns[i]->peer)) {
+	if (n_conns) {
+		unsigned i = below(n_conns);
 		c = conns[i]->c;
 		conns[i]->c = NULL;
 		conns[i] = conns[--n_conns];
@@ -335,11 +335,6 @@ void act_conn(void)
 	} else if (x < 90) {
 		send_request(c, cc);
 	} else if (x < 94) {
-		if (keep_peers && cc->peer) {
-			send_plain(c);
-			ura_conn_unref(c);
-			return;
-		}
 		ura_conn_cancel(c); /* stays in the table: later sends are refused */
 		ura_conn_cancel(c); /* idempotent */
 		atomic_fetch_add(&counts.conn_cancels, 1);

@@ -751,6 +751,8 @@ int ura_conn_reply(ura_conn *c, ura_msg *request, ura_msg *reply)
 		return -EINVAL;
 	if (atomic_load_explicit(&c->cancelled, memory_order_acquire))
 		return -ESHUTDOWN;
+	if (ura_msg_len(reply) > c->max_frame)
+		return -EMSGSIZE; /* checked first: a reply that fits may still answer it */
 	uint32_t epoch;
 	int r = take_request(c, request, &epoch);
 	if (r < 0)

@@ -120,9 +120,9 @@ static const struct {
 	{ 60, act_new_session },   /* a no-op while VALID_TARGET sessions are valid */
 	{ 20, act_ask },
 	{ 30, act_new_client },    /* a no-op while CLIENT_TARGET clients are in the table */
-	{ 10, act_drop_conn },
+	{ 1, act_drop_conn },
 	{ 60, act_conn },
-	{ 247, NULL },             /* a pause */
+	{ 256, NULL },             /* a pause */
 };
 
 static void act(void)

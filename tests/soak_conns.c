@@ -329,12 +329,13 @@ void act_conn(void)
 	ura_conn *c = pick_conn(&cc);
 	if (!c)
 		return;
-	uint32_t x = below(100);
-	if (x < 45) {
+	/* Cancels rare enough that most connections get answers before they end. */
+	uint32_t x = below(1000);
+	if (x < 450) {
 		send_plain(c);
-	} else if (x < 90) {
+	} else if (x < 900) {
 		send_request(c, cc);
-	} else if (x < 94) {
+	} else if (x < 903) {
 		ura_conn_cancel(c); /* stays in the table: later sends are refused */
 		ura_conn_cancel(c); /* idempotent */
 		atomic_fetch_add(&counts.conn_cancels, 1);

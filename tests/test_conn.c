@@ -558,3 +558,50 @@ Test(conn, a_suspended_connection_still_ends_when_the_loop_is_freed)
 	ura_conn_unref(b);
 	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
 }
+
+struct holder {
+	ura_msg *req;
+};
+
+static void hold_it(ura_conn *c, const struct ura_event *ev, void *ctx)
+{
+	(void)c;
+	struct holder *h = ctx;
+	if (ev->type == URA_EVENT_MESSAGE && !h->req)
+		h->req = ura_msg_ref(ev->msg);
+}
+
+Test(conn, an_oversized_reply_leaves_the_request_answerable)
+{
+	ura_conn *a, *b;
+	struct seen sa = { 0 };
+	struct holder h = { 0 };
+	int sv[2];
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	cr_assert_eq(ura_conn_new(loop, sv[0], &a), 0);
+	cr_assert_eq(ura_conn_new(loop, sv[1], &b), 0);
+	ura_conn_set_event_handler(a, on_event, &sa);
+	ura_conn_set_event_handler(b, hold_it, &h);
+	cr_assert_eq(ura_conn_set_max_frame(b, 4), 0);
+	ura_conn_activate(a);
+	ura_conn_activate(b);
+	struct reply_rec r = { 0 };
+	ura_msg *q = msg("q");
+	cr_assert_eq(ura_conn_send_with_reply(a, q, on_reply, &r), 0);
+	uint64_t end = th_now_ms() + 5000;
+	while (!h.req && th_now_ms() < end)
+		ura_loop_run_once(loop, false);
+	cr_assert_not_null(h.req);
+	ura_msg *big = msg("too long"), *ok = msg("ok");
+	cr_assert_eq(ura_conn_reply(b, h.req, big), -EMSGSIZE);
+	cr_assert_eq(ura_conn_reply(b, h.req, ok), 0, "the refused reply used up the request");
+	cr_assert(run_until_int(&r.calls, 1, 5000));
+	cr_assert_str_eq(r.text, "ok");
+	ura_msg_unref(h.req);
+	ura_msg_unref(big);
+	ura_msg_unref(ok);
+	ura_msg_unref(q);
+	ura_conn_unref(a);
+	ura_conn_unref(b);
+	cr_assert_eq(ura_loop_run(loop), 0);
+}

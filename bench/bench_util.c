@@ -187,12 +187,13 @@ void bench_ring_note(char *buf, size_t len, ura_loop *loop, const struct io_urin
 	uint32_t f = ura_loop_features(loop);
 	/* The sizes the kernel granted, read from the rings (after CLAMP). */
 	const struct io_uring *ur = ura_loop_ring(loop);
-	snprintf(buf, len, "ura ring %u/%u%s%s%s%s; raw ring %u/%u%s", ur->sq.ring_entries,
+	snprintf(buf, len, "ura ring %u/%u%s%s%s%s%s; raw ring %u/%u%s", ur->sq.ring_entries,
 		 ur->cq.ring_entries,
 		 f & URA_FEATURE_SINGLE_ISSUER ? " SINGLE_ISSUER" : "",
 		 f & URA_FEATURE_DEFER_TASKRUN ? " DEFER_TASKRUN" : "",
 		 f & URA_FEATURE_COOP_TASKRUN ? " COOP_TASKRUN" : "",
 		 f & URA_FEATURE_SUBMIT_ALL ? " SUBMIT_ALL" : "",
+		 f & URA_FEATURE_REGISTERED_RING ? " REGISTERED_RING" : "",
 		 raw->sq.ring_entries, raw->cq.ring_entries,
 		 raw_flags ? " SINGLE_ISSUER DEFER_TASKRUN" : " (no flags)");
 }

@@ -64,6 +64,7 @@ enum {
 	URA_FEATURE_COOP_TASKRUN = 1u << 2,
 	URA_FEATURE_SUBMIT_ALL = 1u << 3,
 	URA_FEATURE_NODROP = 1u << 4,
+	URA_FEATURE_REGISTERED_RING = 1u << 5, /* the ring fd is registered (5.18+) */
 };
 
 /*

@@ -126,6 +126,15 @@ static inline bool ura__sq_room(ura_loop *loop)
 	       !ura__fault(URA__FAULT_SQ_FULL);
 }
 
+/* The next SQE, once ura__sq_room said there is one: no second check of the ring's
+ * head. The ring never has SQE128 (ring_init does not ask for it), so an SQE is one
+ * array entry. Loop thread. */
+static inline struct io_uring_sqe *ura__loop_next_sqe(ura_loop *loop)
+{
+	struct io_uring_sq *sq = &loop->ring.sq;
+	return &sq->sqes[sq->sqe_tail++ & sq->ring_mask];
+}
+
 /* Sends a command to the loop thread and wakes it if needed. Any thread. */
 void ura__loop_send(ura_loop *loop, struct ura__cmd *cmd);
 /* Wakes the loop thread out of its wait. Any thread. */

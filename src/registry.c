@@ -1,9 +1,12 @@
 /*
  * Lock-free task registry.
  *
- * Shape. Slots live in chunks of 4096 that are never moved or freed before the loop is:
- * growing publishes a new chunk and never touches old ones, so a slot pointer stays
- * valid for the registry's life and lookup is two loads (chunk pointer, slot).
+ * Shape. The registry reserves address space for every slot it may ever have (1 GiB,
+ * less if the system refuses; no memory is used until a chunk is made usable) and makes
+ * chunks of 4096 slots usable in place as it grows. Slot i is therefore always base[i]:
+ * a slot never moves, and the loop thread reaches the slot of an index it produced
+ * itself with one address computation. Lookups of untrusted handles check that the
+ * index's chunk is in use first.
  *
  * Who does what. Any thread allocates (ura_submit from any thread); only the loop thread
  * frees (terminal calls run there). The loop thread keeps a private LIFO cache of free
@@ -31,10 +34,11 @@
  * Fences.
  *  - push (release CAS) pairs with pop (acquire CAS): the popper sees the slot's new
  *    generation and FREE state written by the freeing loop thread before the push.
- *  - grow's release store of chunks[i] pairs with the acquire load in
- *    ura__registry_slot: a thread that learned an index from that chunk (through the
- *    free stack, itself release/acquire, or a handle passed through the inbox) sees
- *    the chunk's initialised slots.
+ *  - grow's release store of chunk_ready[c] pairs with the acquire load in
+ *    ura__registry_slot, so a lookup that finds the chunk in use sees its initialised
+ *    slots. A thread that learned an index from the free stack (release/acquire) or
+ *    through the inbox (release/acquire) is ordered after the initialisation anyway,
+ *    which is why ura__registry_slot_at needs no check.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -47,37 +51,43 @@
 
 #define LOW32(x) ((uint32_t)(x))
 
+#define CHUNK_BYTES (sizeof(struct ura__slot) * URA__CHUNK_SLOTS)
+
 int ura__registry_init(struct ura__registry *r, uint32_t tag)
 {
 	memset(r, 0, sizeof(*r));
 	r->tag = tag;
-	return 0;
-}
-
-#define CHUNK_BYTES (sizeof(struct ura__slot) * URA__CHUNK_SLOTS)
-
-/* Chunks come straight from mmap: exactly 64 bytes per slot of resident memory, page
- * (so cache-line) aligned and zeroed, where an aligned heap allocation of this size
- * costs a quarter more. */
-static struct ura__slot *chunk_alloc(void)
-{
-	if (URA__ALLOC_FAULT())
-		return NULL;
-	void *p = mmap(NULL, CHUNK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		       -1, 0);
-	return p == MAP_FAILED ? NULL : p;
+	/* PROT_NONE and MAP_NORESERVE: address space only, no memory and no commit charge
+	 * until grow() opens a chunk. A system that refuses 1 GiB (ulimit -v) gets less. */
+	for (uint32_t n = URA__MAX_CHUNKS; n; n /= 2) {
+		void *p = mmap(NULL, (size_t)n * CHUNK_BYTES, PROT_NONE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (p != MAP_FAILED) {
+			r->base = p;
+			r->max_chunks = n;
+			return 0;
+		}
+	}
+	return -ENOMEM;
 }
 
 void ura__registry_destroy(struct ura__registry *r)
 {
-	uint32_t n = atomic_load_explicit(&r->nchunks, memory_order_acquire);
-	if (n > URA__MAX_CHUNKS)
-		n = URA__MAX_CHUNKS;
-	for (uint32_t i = 0; i < n; i++) {
-		struct ura__slot *c = atomic_load_explicit(&r->chunks[i], memory_order_acquire);
-		if (c)
-			munmap(c, CHUNK_BYTES);
-	}
+	if (r->base)
+		munmap(r->base, (size_t)r->max_chunks * CHUNK_BYTES);
+	r->base = NULL;
+}
+
+/* Makes chunk c of the reservation usable: zeroed memory, 64 bytes per slot resident
+ * once touched, page (so cache-line) aligned. */
+static struct ura__slot *chunk_open(struct ura__registry *r, uint32_t c)
+{
+	if (URA__ALLOC_FAULT())
+		return NULL;
+	struct ura__slot *chunk = r->base + ((size_t)c << URA__CHUNK_SHIFT);
+	if (mprotect(chunk, CHUNK_BYTES, PROT_READ | PROT_WRITE) < 0)
+		return NULL;
+	return chunk;
 }
 
 /* Pushes the chain first..last (linked through next) onto the shared stack. */
@@ -104,7 +114,7 @@ static int64_t shared_pop(struct ura__registry *r)
 		uint32_t top = LOW32(old);
 		if (top == 0)
 			return -1;
-		struct ura__slot *s = ura__registry_slot(r, top - 1);
+		struct ura__slot *s = ura__registry_slot_at(r, top - 1);
 		uint32_t next = atomic_load_explicit(&s->next, memory_order_relaxed);
 		uint64_t want = ((old >> 32) + 1) << 32 | next;
 		if (atomic_compare_exchange_weak_explicit(&r->free_head, &old, want,
@@ -118,13 +128,13 @@ static int64_t shared_pop(struct ura__registry *r)
 static int64_t grow(struct ura__registry *r)
 {
 	uint32_t c = atomic_fetch_add_explicit(&r->nchunks, 1, memory_order_relaxed);
-	if (c >= URA__MAX_CHUNKS) {
+	if (c >= r->max_chunks) {
 		atomic_fetch_sub_explicit(&r->nchunks, 1, memory_order_relaxed);
 		return -ENOMEM;
 	}
-	struct ura__slot *chunk = chunk_alloc();
+	struct ura__slot *chunk = chunk_open(r, c);
 	if (!chunk) {
-		/* The index stays reserved with a NULL chunk; lookups treat it as absent. */
+		/* The index stays reserved and never ready; lookups treat it as absent. */
 		return -ENOMEM;
 	}
 	uint32_t base = c << URA__CHUNK_SHIFT;
@@ -133,44 +143,18 @@ static int64_t grow(struct ura__registry *r)
 		atomic_init(&chunk[i].next, i + 1 < URA__CHUNK_SLOTS ? base + i + 2 : 0);
 	}
 	/* Release: publishes the initialised slots to lookups (see the header comment). */
-	atomic_store_explicit(&r->chunks[c], chunk, memory_order_release);
+	atomic_store_explicit(&r->chunk_ready[c], 1, memory_order_release);
 	shared_push_chain(r, base + 1, &chunk[URA__CHUNK_SLOTS - 1]);
 	return base;
 }
 
-int64_t ura__registry_alloc(struct ura__registry *r, bool on_loop)
+int64_t ura__registry_alloc_shared(struct ura__registry *r)
 {
-	int64_t idx;
-	if (on_loop && r->local_head) {
-		idx = r->local_head - 1;
-		struct ura__slot *s = ura__registry_slot(r, (uint32_t)idx);
-		r->local_head = atomic_load_explicit(&s->next, memory_order_relaxed);
-		r->local_count--;
-	} else {
-		idx = shared_pop(r);
-		if (idx < 0)
-			idx = grow(r);
-		if (idx < 0)
-			return idx;
-	}
-	return idx;
+	int64_t idx = shared_pop(r);
+	return idx < 0 ? grow(r) : idx;
 }
 
-void ura__registry_free(struct ura__registry *r, uint32_t index)
+void ura__registry_spill(struct ura__registry *r, uint32_t index, struct ura__slot *s)
 {
-	struct ura__slot *s = ura__registry_slot(r, index);
-	uint64_t gs = atomic_load_explicit(&s->gen_state, memory_order_relaxed);
-	uint32_t gen = (ura__gs_gen(gs) + 1) & URA__GEN_MASK;
-	if (gen == 0)
-		gen = 1;
-	/* Release: a thread comparing generations after this sees the slot as gone before
-	 * it can see any reuse (reuse happens only after the push below). */
-	atomic_store_explicit(&s->gen_state, ura__gs_make(gen, URA__SLOT_FREE), memory_order_release);
-	if (r->local_count < URA__LOCAL_CACHE_MAX) {
-		atomic_store_explicit(&s->next, r->local_head, memory_order_relaxed);
-		r->local_head = index + 1;
-		r->local_count++;
-		return;
-	}
 	shared_push_chain(r, index, s);
 }

@@ -66,7 +66,7 @@ enum {
 
 #define URA__CHUNK_SHIFT 12u
 #define URA__CHUNK_SLOTS (1u << URA__CHUNK_SHIFT)
-#define URA__MAX_CHUNKS 4096u /* 16M slots */
+#define URA__MAX_CHUNKS 4096u /* 16M slots: 1 GiB of address space, reserved, not used */
 #define URA__LOCAL_CACHE_MAX 1024u
 /* A handle's low 32 bits: the loop's tag above the slot index, so a handle from another
  * loop is never mistaken for one of this loop's tasks. */
@@ -75,8 +75,13 @@ enum {
 _Static_assert(URA__CHUNK_SHIFT + 12 <= URA__INDEX_BITS, "slot indexes must fit the handle");
 
 struct ura__registry {
-	uint32_t tag; /* 1..255, set at init, part of every handle */
-	_Atomic(struct ura__slot *) chunks[URA__MAX_CHUNKS];
+	uint32_t tag;        /* 1..255, set at init, part of every handle */
+	uint32_t max_chunks; /* chunks the reservation holds (URA__MAX_CHUNKS unless short) */
+	/* One reservation of address space; chunk c is made usable in place, so slot i is
+	 * always base[i] and a slot never moves. */
+	struct ura__slot *base;
+	/* Set (release) once chunk c is usable: lookups of untrusted handles check it. */
+	_Atomic uint8_t chunk_ready[URA__MAX_CHUNKS];
 	_Atomic uint32_t nchunks; /* chunk indexes handed out (some may still be filling) */
 	/* Shared free stack: (tag << 32) | (index + 1); 0 in the low half means empty.
 	 * On its own cache line: every allocating thread writes it. */
@@ -86,24 +91,76 @@ struct ura__registry {
 	uint32_t local_count;
 };
 
+/* Reserves the address space; -ENOMEM when not even one chunk can be reserved. */
 int ura__registry_init(struct ura__registry *r, uint32_t tag);
 void ura__registry_destroy(struct ura__registry *r);
+
+/* The slot at an index the runtime itself produced (a live task's handle from its own
+ * CQE or list, a free-list entry): no checks, one address computation. */
+static inline struct ura__slot *ura__registry_slot_at(const struct ura__registry *r,
+						      uint32_t index)
+{
+	return r->base + index;
+}
+
+/* The slot at any index, or NULL when its chunk is not in use (yet). */
+static inline struct ura__slot *ura__registry_slot(struct ura__registry *r, uint32_t index)
+{
+	uint32_t c = index >> URA__CHUNK_SHIFT;
+	if (c >= r->max_chunks)
+		return NULL;
+	/* Acquire: pairs with the release store that published the chunk in grow(). */
+	if (!atomic_load_explicit(&r->chunk_ready[c], memory_order_acquire))
+		return NULL;
+	return ura__registry_slot_at(r, index);
+}
+
+/* The shared stack and growth, behind ura__registry_alloc. */
+int64_t ura__registry_alloc_shared(struct ura__registry *r);
+/* Pushes one freed slot onto the shared stack (the local cache is full). Loop thread. */
+void ura__registry_spill(struct ura__registry *r, uint32_t index, struct ura__slot *s);
 
 /* Allocates a slot from any thread (on_loop: the caller is the loop thread, which may use
  * the private cache). The slot's state is FREE with a fresh generation; returns its
  * index, or -ENOMEM. */
-int64_t ura__registry_alloc(struct ura__registry *r, bool on_loop);
-/* Returns a slot to the registry; bumps its generation first. Loop thread only. */
-void ura__registry_free(struct ura__registry *r, uint32_t index);
-
-static inline struct ura__slot *ura__registry_slot(struct ura__registry *r, uint32_t index)
+static inline int64_t ura__registry_alloc(struct ura__registry *r, bool on_loop)
 {
-	uint32_t c = index >> URA__CHUNK_SHIFT;
-	if (c >= URA__MAX_CHUNKS)
-		return NULL;
-	/* Acquire: pairs with the release store that published the chunk in grow(). */
-	struct ura__slot *chunk = atomic_load_explicit(&r->chunks[c], memory_order_acquire);
-	return chunk ? &chunk[index & (URA__CHUNK_SLOTS - 1)] : NULL;
+	uint32_t head = r->local_head;
+	if (!on_loop || !head)
+		return ura__registry_alloc_shared(r);
+	struct ura__slot *s = ura__registry_slot_at(r, head - 1);
+	/* Relaxed: the cache is the loop thread's own; next is atomic only because of the
+	 * shared stack's stale reads (registry.c). */
+	r->local_head = atomic_load_explicit(&s->next, memory_order_relaxed);
+	r->local_count--;
+	return head - 1;
+}
+
+static inline uint64_t ura__gs_make(uint32_t gen, unsigned state)
+{
+	return ((uint64_t)gen << 32) | state;
+}
+static inline uint32_t ura__gs_gen(uint64_t gs) { return (uint32_t)(gs >> 32); }
+static inline unsigned ura__gs_state(uint64_t gs) { return (unsigned)(gs & URA__STATE_MASK); }
+
+/* Returns a slot to the registry; bumps its generation first. Loop thread only. */
+static inline void ura__registry_free(struct ura__registry *r, uint32_t index)
+{
+	struct ura__slot *s = ura__registry_slot_at(r, index);
+	/* Relaxed load: only the loop thread writes a live slot's generation. */
+	uint64_t gs = atomic_load_explicit(&s->gen_state, memory_order_relaxed);
+	uint32_t gen = (ura__gs_gen(gs) + 1) & URA__GEN_MASK;
+	gen += gen == 0; /* generation 0 is never valid */
+	/* Release: a thread comparing generations after this sees the slot as gone before
+	 * it can see any reuse (reuse happens only after the push below). */
+	atomic_store_explicit(&s->gen_state, ura__gs_make(gen, URA__SLOT_FREE), memory_order_release);
+	if (r->local_count >= URA__LOCAL_CACHE_MAX) {
+		ura__registry_spill(r, index, s);
+		return;
+	}
+	atomic_store_explicit(&s->next, r->local_head, memory_order_relaxed);
+	r->local_head = index + 1;
+	r->local_count++;
 }
 
 static inline ura_task ura__handle_make(const struct ura__registry *r, uint32_t gen,
@@ -114,12 +171,6 @@ static inline ura_task ura__handle_make(const struct ura__registry *r, uint32_t 
 static inline uint32_t ura__handle_gen(ura_task t) { return (uint32_t)(t >> 32); }
 static inline uint32_t ura__handle_index(ura_task t) { return (uint32_t)t & URA__INDEX_MASK; }
 static inline uint32_t ura__handle_tag(ura_task t) { return (uint32_t)t >> URA__INDEX_BITS; }
-static inline uint32_t ura__gs_gen(uint64_t gs) { return (uint32_t)(gs >> 32); }
-static inline unsigned ura__gs_state(uint64_t gs) { return (unsigned)(gs & URA__STATE_MASK); }
-static inline uint64_t ura__gs_make(uint32_t gen, unsigned state)
-{
-	return ((uint64_t)gen << 32) | state;
-}
 
 /* The slot a handle names, or NULL when the handle is malformed or out of range. The
  * caller still compares generations: the slot may hold a newer task. */

@@ -29,17 +29,6 @@
 #include "session.h"
 #include "task.h"
 
-static void set_stat(_Atomic uint64_t *c, uint64_t v)
-{
-	/* Relaxed: single writer (loop thread), readers want a recent value, no ordering. */
-	atomic_store_explicit(c, v, memory_order_relaxed);
-}
-
-static void bump(_Atomic uint64_t *c)
-{
-	set_stat(c, atomic_load_explicit(c, memory_order_relaxed) + 1);
-}
-
 static ura_session *session_alloc(ura_loop *loop, const struct ura_session_delegate *d, void *ctx)
 {
 	ura_session *s = ura__zalloc_aligned(sizeof(*s), 64);
@@ -211,41 +200,7 @@ void ura__session_count_put_remote(ura_session *s, struct ura__cmd *cmd)
 
 static struct ura__slot *slot_of(ura_session *s, uint32_t index1)
 {
-	return index1 ? ura__registry_slot(&s->loop->registry, index1 - 1) : NULL;
-}
-
-void ura__session_task_linked(ura_session *s, uint32_t index, struct ura__slot *slot)
-{
-	slot->seq = s->next_seq++;
-	slot->prev = s->task_tail;
-	atomic_store_explicit(&slot->next, 0, memory_order_relaxed);
-	if (s->task_tail)
-		atomic_store_explicit(&slot_of(s, s->task_tail)->next, index + 1,
-				      memory_order_relaxed);
-	else
-		s->task_head = index + 1;
-	s->task_tail = index + 1;
-	slot->lflags |= URA__TF_LINKED;
-	s->loop->live_tasks++;
-	bump(&s->stats.submitted);
-	/* in_flight mirrors loop_live; the peak is compared on a loop-thread copy. */
-	set_stat(&s->stats.in_flight, ++s->loop_live);
-	if (s->loop_live > s->peak_live)
-		set_stat(&s->stats.peak_in_flight, s->peak_live = s->loop_live);
-}
-
-static void unlink_task(ura_session *s, struct ura__slot *slot)
-{
-	uint32_t next = atomic_load_explicit(&slot->next, memory_order_relaxed);
-	if (slot->prev)
-		atomic_store_explicit(&slot_of(s, slot->prev)->next, next, memory_order_relaxed);
-	else
-		s->task_head = next;
-	if (next)
-		slot_of(s, next)->prev = slot->prev;
-	else
-		s->task_tail = slot->prev;
-	slot->lflags &= (uint8_t)~URA__TF_LINKED;
+	return index1 ? ura__session_slot(s, index1) : NULL;
 }
 
 /* True when no live task was accepted before sequence number limit. */
@@ -258,14 +213,14 @@ static bool older_tasks_done(ura_session *s, uint32_t limit)
 static void reset_stats(ura_session *s)
 {
 	struct ura__session_counters *c = &s->stats;
-	set_stat(&c->submitted, 0);
-	set_stat(&c->completed, 0);
-	set_stat(&c->cancelled, 0);
-	set_stat(&c->cancel_ok, 0);
-	set_stat(&c->cancel_enoent, 0);
-	set_stat(&c->cancel_ealready, 0);
+	ura__stat_set(&c->submitted, 0);
+	ura__stat_set(&c->completed, 0);
+	ura__stat_set(&c->cancelled, 0);
+	ura__stat_set(&c->cancel_ok, 0);
+	ura__stat_set(&c->cancel_enoent, 0);
+	ura__stat_set(&c->cancel_ealready, 0);
 	s->peak_live = s->loop_live;
-	set_stat(&c->peak_in_flight, s->peak_live);
+	ura__stat_set(&c->peak_in_flight, s->peak_live);
 	ura__free(s->scratch);
 	s->scratch = NULL;
 	s->scratch_cap = 0;
@@ -290,23 +245,8 @@ static void run_due_barriers(ura_session *s)
 
 static void maybe_final(ura_session *s);
 
-void ura__session_task_finished(ura_session *s, uint32_t index, struct ura__slot *slot,
-				ura_task t, int32_t res, bool cancelled)
+void ura__session_after_task(ura_session *s)
 {
-	ura_loop *loop = s->loop;
-	if (s->delegate.task_did_complete)
-		s->delegate.task_did_complete(s, t, res, s->ctx);
-	if (slot->lflags & URA__TF_HAS_PENDING) {
-		ura__free(slot->u.pending);
-		slot->lflags &= (uint8_t)~URA__TF_HAS_PENDING;
-	}
-	unlink_task(s, slot);
-	loop->live_tasks--;
-	ura__registry_free(&loop->registry, index);
-	bump(&s->stats.completed);
-	if (cancelled)
-		bump(&s->stats.cancelled);
-	set_stat(&s->stats.in_flight, --s->loop_live);
 	if (s->barriers)
 		run_due_barriers(s);
 	if (s->loop_live == 0 && s->invalidating)
@@ -316,11 +256,11 @@ void ura__session_task_finished(ura_session *s, uint32_t index, struct ura__slot
 void ura__session_cancel_reaped(ura_session *s, int32_t res)
 {
 	if (res == 0)
-		bump(&s->stats.cancel_ok);
+		ura__stat_bump(&s->stats.cancel_ok);
 	else if (res == -ENOENT)
-		bump(&s->stats.cancel_enoent);
+		ura__stat_bump(&s->stats.cancel_enoent);
 	else if (res == -EALREADY)
-		bump(&s->stats.cancel_ealready);
+		ura__stat_bump(&s->stats.cancel_ealready);
 	s->cancels_in_flight--;
 	s->loop->cancels_in_flight--;
 	if (s->invalidating)
@@ -353,7 +293,7 @@ static void maybe_final(ura_session *s)
 	/* Set FINAL before the call: nothing of this session may run after it. */
 	atomic_fetch_or_explicit(&s->state, URA__SS_FINAL, memory_order_acq_rel);
 	uint64_t asked = atomic_load_explicit(&s->invalidate_requested_ns, memory_order_relaxed);
-	set_stat(&s->stats.invalidate_to_final_ns, asked ? ura__now_ns() - asked : 0);
+	ura__stat_set(&s->stats.invalidate_to_final_ns, asked ? ura__now_ns() - asked : 0);
 	s->invalidating = false;
 	loop->invalidating--;
 	void (*fn)(ura_session *, int, void *) = s->delegate.did_become_invalid;

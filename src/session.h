@@ -91,12 +91,91 @@ void ura__session_count_put_remote(ura_session *s, struct ura__cmd *cmd);
 /* A task counted by another thread is now linked (counted in loop_live). Loop thread. */
 void ura__session_count_moved(ura_session *s);
 
-/* Task accounting, called by task.c on the loop thread. */
-void ura__session_task_linked(ura_session *s, uint32_t index, struct ura__slot *slot);
+/* Stats have one writer, the loop thread; any thread reads them. Relaxed: a reader
+ * wants a torn-free recent value and orders nothing by it, and the writer pays no more
+ * than for a plain variable. */
+static inline void ura__stat_set(_Atomic uint64_t *c, uint64_t v)
+{
+	atomic_store_explicit(c, v, memory_order_relaxed);
+}
+static inline void ura__stat_bump(_Atomic uint64_t *c)
+{
+	ura__stat_set(c, atomic_load_explicit(c, memory_order_relaxed) + 1);
+}
+
+/* A slot on s's task list, named by index + 1 (never 0). Loop thread. */
+static inline struct ura__slot *ura__session_slot(ura_session *s, uint32_t index1)
+{
+	return ura__registry_slot_at(&s->loop->registry, index1 - 1);
+}
+
+/*
+ * Task accounting, called by task.c on the loop thread for every task, so inline. The
+ * list links are relaxed atomics only because next doubles as the registry's free-list
+ * link (registry.h); only the loop thread touches them while the task is live.
+ */
+static inline void ura__session_task_linked(ura_session *s, uint32_t index, struct ura__slot *slot)
+{
+	slot->seq = s->next_seq++;
+	slot->prev = s->task_tail;
+	atomic_store_explicit(&slot->next, 0, memory_order_relaxed);
+	if (s->task_tail)
+		atomic_store_explicit(&ura__session_slot(s, s->task_tail)->next, index + 1,
+				      memory_order_relaxed);
+	else
+		s->task_head = index + 1;
+	s->task_tail = index + 1;
+	slot->lflags |= URA__TF_LINKED;
+	s->loop->live_tasks++;
+	ura__stat_bump(&s->stats.submitted);
+	/* in_flight mirrors loop_live; the peak is compared on a loop-thread copy. */
+	ura__stat_set(&s->stats.in_flight, ++s->loop_live);
+	if (s->loop_live > s->peak_live)
+		ura__stat_set(&s->stats.peak_in_flight, s->peak_live = s->loop_live);
+}
+
+static inline void ura__session_task_unlink(ura_session *s, struct ura__slot *slot)
+{
+	uint32_t next = atomic_load_explicit(&slot->next, memory_order_relaxed);
+	if (slot->prev)
+		atomic_store_explicit(&ura__session_slot(s, slot->prev)->next, next,
+				      memory_order_relaxed);
+	else
+		s->task_head = next;
+	if (next)
+		ura__session_slot(s, next)->prev = slot->prev;
+	else
+		s->task_tail = slot->prev;
+	slot->lflags &= (uint8_t)~URA__TF_LINKED;
+}
+
+/* Frees the SQE copy a task kept while pending or suspended (task.c). */
+void ura__task_drop_pending(struct ura__slot *slot);
+/* Runs due barriers and, when nothing is left, the final event (session.c). */
+void ura__session_after_task(ura_session *s);
+
 /* After a task's terminal call: task_did_complete, unlink, free the slot, release the
  * count, run due barriers, and emit the final event if it was the last. */
-void ura__session_task_finished(ura_session *s, uint32_t index, struct ura__slot *slot,
-				ura_task t, int32_t res, bool cancelled);
+static inline void ura__session_task_finished(ura_session *s, uint32_t index,
+					      struct ura__slot *slot, ura_task t, int32_t res,
+					      bool cancelled)
+{
+	ura_loop *loop = s->loop;
+	if (s->delegate.task_did_complete)
+		s->delegate.task_did_complete(s, t, res, s->ctx);
+	if (slot->lflags & URA__TF_HAS_PENDING)
+		ura__task_drop_pending(slot);
+	ura__session_task_unlink(s, slot);
+	loop->live_tasks--;
+	ura__registry_free(&loop->registry, index);
+	ura__stat_bump(&s->stats.completed);
+	if (cancelled)
+		ura__stat_bump(&s->stats.cancelled);
+	ura__stat_set(&s->stats.in_flight, --s->loop_live);
+	if (s->barriers || (s->loop_live == 0 && s->invalidating))
+		ura__session_after_task(s);
+}
+
 /* A cancel CQE (res) for one of s's tasks was reaped. */
 void ura__session_cancel_reaped(ura_session *s, int32_t res);
 

@@ -180,7 +180,7 @@ int ura__submit_ts(ura_session *s, const struct io_uring_sqe *sqe, unsigned flag
 		return (int)idx;
 	}
 	uint32_t index = (uint32_t)idx;
-	struct ura__slot *slot = ura__registry_slot(&loop->registry, index);
+	struct ura__slot *slot = ura__registry_slot_at(&loop->registry, index);
 	uint32_t gen = ura__gs_gen(atomic_load_explicit(&slot->gen_state, memory_order_relaxed));
 	ura_task t = ura__handle_make(&loop->registry, gen, index);
 	atomic_store_explicit(&slot->session, s, memory_order_relaxed);
@@ -206,43 +206,6 @@ int ura__submit_ts(ura_session *s, const struct io_uring_sqe *sqe, unsigned flag
 		set_state(slot, gen, suspended ? URA__SLOT_SUSPENDED : URA__SLOT_PENDING);
 		ura__loop_send(loop, cmd);
 	}
-	if (out)
-		*out = t;
-	return 0;
-}
-
-bool ura__fast_begin(ura_session *s, struct ura__fast *f)
-{
-	if (!s || (atomic_load_explicit(&s->state, memory_order_acquire) & URA__SS_FLAGS))
-		return false;
-	ura_loop *loop = s->loop;
-	if (!ura__on_loop(loop) || backlog_busy(loop) || !ura__sq_room(loop))
-		return false;
-	int64_t idx = ura__registry_alloc(&loop->registry, true);
-	if (idx < 0)
-		return false;
-	f->s = s;
-	f->index = (uint32_t)idx;
-	f->slot = ura__registry_slot(&loop->registry, f->index);
-	f->sqe = io_uring_get_sqe(&loop->ring);
-	return true;
-}
-
-int ura__fast_commit(struct ura__fast *f, ura_task_fn fn, void *arg, ura_task *out)
-{
-	ura_loop *loop = f->s->loop;
-	struct ura__slot *slot = f->slot;
-	uint32_t gen = ura__gs_gen(atomic_load_explicit(&slot->gen_state, memory_order_relaxed));
-	ura_task t = ura__handle_make(&loop->registry, gen, f->index);
-	atomic_store_explicit(&slot->session, f->s, memory_order_relaxed);
-	slot->fn = fn;
-	slot->arg = arg;
-	slot->opcode = f->sqe->opcode;
-	slot->lflags = URA__TF_IN_RING;
-	io_uring_sqe_set_data64(f->sqe, t);
-	/* Nobody else knows the handle yet, so a plain release store publishes it. */
-	set_state(slot, gen, URA__SLOT_RUNNING);
-	ura__session_task_linked(f->s, f->index, slot);
 	if (out)
 		*out = t;
 	return 0;
@@ -526,25 +489,10 @@ void ura__task_deferred_cancel(ura_loop *loop, ura_task t)
 		ura__task_finish_now(loop, ura__handle_index(t), slot, -ECANCELED);
 }
 
-void ura__task_cqe(ura_loop *loop, uint64_t user_data, int32_t res, uint32_t flags)
+void ura__task_drop_pending(struct ura__slot *slot)
 {
-	/* The runtime wrote this user_data and the task stays live until its terminal CQE,
-	 * so the handle needs no validation here: straight to the slot. */
-	ura_task t = user_data;
-	struct ura__slot *slot = ura__registry_slot(&loop->registry, ura__handle_index(t));
-	uint64_t gs = load_gs(slot);
-	ura_session *s = atomic_load_explicit(&slot->session, memory_order_relaxed);
-	if (flags & IORING_CQE_F_MORE) {
-		if (slot->fn)
-			slot->fn(s, t, res, flags, slot->arg);
-		return;
-	}
-	bool cancelled = ura__gs_state(gs) == URA__SLOT_CANCELING;
-	set_state(slot, ura__handle_gen(t), URA__SLOT_DONE);
-	slot->lflags &= (uint8_t)~URA__TF_IN_RING;
-	if (slot->fn)
-		slot->fn(s, t, res, flags, slot->arg);
-	ura__session_task_finished(s, ura__handle_index(t), slot, t, res, cancelled);
+	ura__free(slot->u.pending);
+	slot->lflags &= (uint8_t)~URA__TF_HAS_PENDING;
 }
 
 void ura__task_drain_backlog(ura_loop *loop)

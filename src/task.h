@@ -3,6 +3,7 @@
 #define URA_TASK_H
 
 #include "loop.h"
+#include "session.h"
 
 /* Submits a task whose SQE addr must point at a runtime-kept timespec (ura_timeout). */
 int ura__submit_ts(ura_session *s, const struct io_uring_sqe *sqe, unsigned flags,
@@ -12,21 +13,91 @@ int ura__submit_ts(ura_session *s, const struct io_uring_sqe *sqe, unsigned flag
  * The wrappers' fast path: on the loop thread, with room in the SQ and nothing
  * backlogged, a wrapper prepares its SQE in place in the ring instead of in a template
  * that ura_submit then copies. begin reserves a slot and an SQE (false: use the template
- * path, which also gives the right error); commit makes the prepared SQE a task.
+ * path, which also gives the right error); commit makes the prepared SQE a task. Both
+ * run for every task, so they are inline: the slot, SQE and session stay in registers.
  */
 struct ura__fast {
 	ura_session *s;
+	ura_loop *loop;
 	struct io_uring_sqe *sqe;
 	struct ura__slot *slot;
 	uint32_t index;
 };
-bool ura__fast_begin(ura_session *s, struct ura__fast *f);
-int ura__fast_commit(struct ura__fast *f, ura_task_fn fn, void *arg, ura_task *out);
+
+static inline bool ura__fast_begin(ura_session *s, struct ura__fast *f)
+{
+	/* Acquire: as in ura__submit_ts, the state is read before s->loop. */
+	if (!s || (atomic_load_explicit(&s->state, memory_order_acquire) & URA__SS_FLAGS))
+		return false;
+	ura_loop *loop = s->loop;
+	if (!ura__on_loop(loop) || loop->backlog_head < loop->backlog.len ||
+	    !ura__sq_room(loop))
+		return false;
+	int64_t idx = ura__registry_alloc(&loop->registry, true);
+	if (idx < 0)
+		return false;
+	f->s = s;
+	f->loop = loop;
+	f->index = (uint32_t)idx;
+	f->slot = ura__registry_slot_at(&loop->registry, f->index);
+	f->sqe = ura__loop_next_sqe(loop);
+	return true;
+}
+
+static inline int ura__fast_commit(struct ura__fast *f, ura_task_fn fn, void *arg, ura_task *out)
+{
+	struct ura__slot *slot = f->slot;
+	/* Relaxed: a free slot's generation was written by this (the loop) thread. */
+	uint32_t gen = ura__gs_gen(atomic_load_explicit(&slot->gen_state, memory_order_relaxed));
+	ura_task t = ura__handle_make(&f->loop->registry, gen, f->index);
+	atomic_store_explicit(&slot->session, f->s, memory_order_relaxed);
+	slot->fn = fn;
+	slot->arg = arg;
+	slot->opcode = f->sqe->opcode;
+	slot->lflags = URA__TF_IN_RING;
+	io_uring_sqe_set_data64(f->sqe, t);
+	/* Release: publishes the fields above with the state (see task.c, load_gs). Nobody
+	 * else knows the handle yet, so a plain store suffices; no CAS. */
+	atomic_store_explicit(&slot->gen_state, ura__gs_make(gen, URA__SLOT_RUNNING),
+			      memory_order_release);
+	ura__session_task_linked(f->s, f->index, slot);
+	if (out)
+		*out = t;
+	return 0;
+}
 
 /* Inbox commands SUBMIT, CANCEL and RESUME. Loop thread. */
 void ura__task_command(ura_loop *loop, struct ura__cmd *cmd);
-/* A CQE whose user_data is a task handle. Loop thread. */
-void ura__task_cqe(ura_loop *loop, uint64_t user_data, int32_t res, uint32_t flags);
+/*
+ * A CQE whose user_data is a task handle. Loop thread; inline, once per completion.
+ * The runtime wrote this user_data and the task stays live until its terminal CQE, so
+ * the handle needs no validation here: straight to the slot.
+ */
+static inline void ura__task_cqe(ura_loop *loop, uint64_t user_data, int32_t res,
+				 uint32_t flags)
+{
+	ura_task t = user_data;
+	uint32_t index = ura__handle_index(t);
+	struct ura__slot *slot = ura__registry_slot_at(&loop->registry, index);
+	ura_session *s = atomic_load_explicit(&slot->session, memory_order_relaxed);
+	if (flags & IORING_CQE_F_MORE) {
+		if (slot->fn)
+			slot->fn(s, t, res, flags, slot->arg);
+		return;
+	}
+	/* Acquire: a canceller's CAS to CANCELING is read here (nothing it wrote before is
+	 * needed, but the state must be its latest). */
+	uint64_t gs = atomic_load_explicit(&slot->gen_state, memory_order_acquire);
+	bool cancelled = ura__gs_state(gs) == URA__SLOT_CANCELING;
+	/* Release, plain store: DONE is the loop's to set; a cancel racing it finds the
+	 * task finished (-ENOENT) or won just before, which the contract allows. */
+	atomic_store_explicit(&slot->gen_state, ura__gs_make(ura__handle_gen(t), URA__SLOT_DONE),
+			      memory_order_release);
+	slot->lflags &= (uint8_t)~URA__TF_IN_RING;
+	if (slot->fn)
+		slot->fn(s, t, res, flags, slot->arg);
+	ura__session_task_finished(s, index, slot, t, res, cancelled);
+}
 /* URA__DEFER_CANCELLED: a task cancelled before reaching the ring. Loop thread. */
 void ura__task_deferred_cancel(ura_loop *loop, ura_task t);
 /* Moves backlogged cancels, then tasks, into the SQ while there is room. Loop thread. */

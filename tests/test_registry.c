@@ -14,7 +14,7 @@ static struct ura__registry *new_registry(void)
 {
 	struct ura__registry *r = aligned_alloc(64, sizeof(*r));
 	cr_assert_not_null(r);
-	ura__registry_init(r, 7);
+	cr_assert_eq(ura__registry_init(r, 7), 0);
 	return r;
 }
 

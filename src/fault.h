@@ -13,6 +13,7 @@ enum ura__fault_site {
 	URA__FAULT_SQ_FULL,     /* task submission sees a full SQ (the backlog takes over) */
 	URA__FAULT_ENTER,       /* io_uring_enter returns the error (-EBUSY, -EAGAIN, -EINTR) */
 	URA__FAULT_SHORT_WRITE, /* a connection's sendmsg is cut to a few bytes */
+	URA__FAULT_CANCEL_MISS, /* a task's ASYNC_CANCEL aims at nothing (-ENOENT) */
 	URA__FAULT_SITES
 };
 

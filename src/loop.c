@@ -364,6 +364,8 @@ static void internal_cqe(ura_loop *loop, uint64_t user_data, int32_t res)
 	if ((user_data & URA__TAG_CANCEL) == URA__TAG_CANCEL) {
 		ura_session *s = (ura_session *)(uintptr_t)(user_data & ~URA__TAG_CANCEL);
 		ura__session_cancel_reaped(s, res);
+	} else if ((user_data & URA__TAG_RETRY) == URA__TAG_RETRY) {
+		ura__session_retry_fired((ura_session *)(uintptr_t)(user_data & ~URA__TAG_RETRY));
 	}
 }
 
@@ -487,8 +489,9 @@ int ura_loop_run_once(ura_loop *loop, bool wait)
 
 static bool has_work(ura_loop *loop)
 {
-	return loop->live_tasks || loop->cancels_in_flight || loop->active_handles ||
-	       loop->invalidating || loop->deferred.len || !ura__inbox_empty(&loop->inbox) ||
+	return loop->live_tasks || loop->cancels_in_flight || loop->retry_timers ||
+	       loop->active_handles || loop->invalidating || loop->deferred.len ||
+	       !ura__inbox_empty(&loop->inbox) ||
 	       loop->backlog.len || loop->cancel_backlog.len;
 }
 

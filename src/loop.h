@@ -19,6 +19,8 @@
 #define URA__TAG_WAKE (URA__TAG_BIT | 1ull)
 /* An ASYNC_CANCEL SQE: the tag plus the session pointer (user-space, below 2^47). */
 #define URA__TAG_CANCEL (URA__TAG_BIT | (1ull << 62))
+/* A session's cancel-retry timer (session.c): the tag plus the session pointer. */
+#define URA__TAG_RETRY (URA__TAG_BIT | (1ull << 61))
 
 /* Commands sent to the loop thread through the inbox. */
 enum ura__cmd_kind {
@@ -89,6 +91,7 @@ struct ura_loop {
 	uint32_t cancel_backlog_head;
 	uint64_t live_tasks;      /* accepted by the loop and not yet terminal */
 	uint64_t cancels_in_flight;
+	uint64_t retry_timers;    /* sessions' cancel-retry timers in the ring */
 	uint64_t active_handles;  /* connections and listeners keep the loop running */
 	uint64_t invalidating;    /* sessions waiting for their final event */
 	unsigned running;         /* nesting guard: run_once is not reentrant */

@@ -253,6 +253,64 @@ void ura__session_after_task(ura_session *s)
 		maybe_final(s);
 }
 
+/* ------------------------------------------------------- cancel retries */
+
+/*
+ * A per-task ASYNC_CANCEL can miss: the kernel answers -ENOENT or -EALREADY when the
+ * request is between states at that instant (completing, re-arming its poll after a
+ * wakeup that found nothing to read, running in io-wq). If it was completing, its CQE
+ * follows; if it went back to waiting, nothing more would come, and neither would the
+ * task's terminal call nor its session's final event. So a miss arms a short timer, and
+ * when it fires every task of the session still cancelling in the ring is cancelled
+ * again. The delay doubles while retries keep finding such tasks (a request io-wq cannot
+ * interrupt must not make the loop spin) and starts over once a retry finds none.
+ */
+#define RETRY_FIRST_MS 1u
+#define RETRY_MAX_MS 128u
+
+/* Cancels again every task of s still cancelling in the ring; returns how many. */
+static unsigned recancel_all(ura_session *s)
+{
+	unsigned n = 0;
+	for (uint32_t i1 = s->task_head; i1;) {
+		struct ura__slot *slot = slot_of(s, i1);
+		uint32_t next = atomic_load_explicit(&slot->next, memory_order_relaxed);
+		n += ura__task_recancel(s->loop, i1 - 1, slot);
+		i1 = next;
+	}
+	return n;
+}
+
+static void arm_cancel_retry(ura_session *s)
+{
+	ura_loop *loop = s->loop;
+	struct io_uring_sqe *q = ura__loop_cancel_sqe(loop);
+	if (!q) {
+		/* SQ full: retry at once; cancels that find no room wait in the backlog. */
+		(void)recancel_all(s);
+		return;
+	}
+	if (!s->retry_ms)
+		s->retry_ms = RETRY_FIRST_MS;
+	s->retry_ts = (struct __kernel_timespec){ .tv_nsec = (long long)s->retry_ms * 1000000 };
+	io_uring_prep_timeout(q, &s->retry_ts, 0, 0);
+	io_uring_sqe_set_data64(q, URA__TAG_RETRY | (uint64_t)(uintptr_t)s);
+	s->retry_armed = true;
+	loop->retry_timers++;
+}
+
+void ura__session_retry_fired(ura_session *s)
+{
+	s->retry_armed = false;
+	s->loop->retry_timers--;
+	if (recancel_all(s))
+		s->retry_ms = s->retry_ms * 2 < RETRY_MAX_MS ? s->retry_ms * 2 : RETRY_MAX_MS;
+	else
+		s->retry_ms = 0;
+	if (s->invalidating)
+		maybe_final(s);
+}
+
 void ura__session_cancel_reaped(ura_session *s, int32_t res)
 {
 	if (res == 0)
@@ -263,6 +321,8 @@ void ura__session_cancel_reaped(ura_session *s, int32_t res)
 		ura__stat_bump(&s->stats.cancel_ealready);
 	s->cancels_in_flight--;
 	s->loop->cancels_in_flight--;
+	if (res != 0 && !s->retry_armed)
+		arm_cancel_retry(s);
 	if (s->invalidating)
 		maybe_final(s);
 }
@@ -287,7 +347,7 @@ static void maybe_final(ura_session *s)
 {
 	uint64_t st = atomic_load_explicit(&s->state, memory_order_acquire);
 	if (!s->invalidating || (st & URA__SS_FINAL) || (st & URA__SS_COUNT) || s->loop_live ||
-	    s->cancels_in_flight)
+	    s->cancels_in_flight || s->retry_armed)
 		return;
 	ura_loop *loop = s->loop;
 	/* Set FINAL before the call: nothing of this session may run after it. */
@@ -414,6 +474,10 @@ void ura__session_abandon_all(ura_loop *loop)
 		if (!found)
 			return;
 		found->cancels_in_flight = 0;
+		if (found->retry_armed) { /* the ring took its timer with it */
+			found->retry_armed = false;
+			loop->retry_timers--;
+		}
 		while (found->task_head) {
 			uint32_t i1 = found->task_head;
 			struct ura__slot *slot = slot_of(found, i1);

@@ -61,6 +61,9 @@ struct ura_session {
 	uint32_t task_head, task_tail;   /* index + 1 of the oldest/newest live task */
 	uint32_t next_seq;
 	uint64_t cancels_in_flight;      /* ASYNC_CANCEL SQEs queued or in flight */
+	bool retry_armed;                /* its cancel-retry timer is in the ring */
+	uint32_t retry_ms;               /* the next retry's delay; 0: start over */
+	struct __kernel_timespec retry_ts; /* read by the kernel when the timer is submitted */
 	bool cancel_all_done;            /* live tasks were cancelled for URA__SS_CANCEL */
 	bool invalidating;               /* on the loop's invalidation watch */
 	int final_error;
@@ -178,6 +181,8 @@ static inline void ura__session_task_finished(ura_session *s, uint32_t index,
 
 /* A cancel CQE (res) for one of s's tasks was reaped. */
 void ura__session_cancel_reaped(ura_session *s, int32_t res);
+/* s's cancel-retry timer fired: cancels again what is still cancelling. Loop thread. */
+void ura__session_retry_fired(ura_session *s);
 
 /* Handles URA__CMD_SESSION / URA__DEFER_SESSION: starts watching, cancels on request,
  * and emits the final event when nothing is left. Loop thread. */

@@ -275,7 +275,9 @@ static bool cancel_sqe_try(ura_loop *loop, ura_session *s, ura_task t)
 	struct io_uring_sqe *q = ura__loop_cancel_sqe(loop);
 	if (!q)
 		return false;
-	io_uring_prep_cancel64(q, t, 0);
+	/* A test's lost cancel aims at a user_data no request has, so the kernel answers
+	 * -ENOENT while t lives on: what a cancel that races a re-arming request sees. */
+	io_uring_prep_cancel64(q, ura__fault(URA__FAULT_CANCEL_MISS) ? URA__TAG_BIT : t, 0);
 	io_uring_sqe_set_data64(q, URA__TAG_CANCEL | (uint64_t)(uintptr_t)s);
 	return true;
 }
@@ -316,6 +318,16 @@ static void cancel_marked(ura_loop *loop, uint32_t index, struct ura__slot *slot
 		/* No memory to defer: finishing inline is still exactly one terminal call. */
 		ura__task_finish_now(loop, index, slot, -ECANCELED);
 	}
+}
+
+bool ura__task_recancel(ura_loop *loop, uint32_t index, struct ura__slot *slot)
+{
+	uint64_t gs = load_gs(slot);
+	if (ura__gs_state(gs) != URA__SLOT_CANCELING || !(slot->lflags & URA__TF_IN_RING))
+		return false;
+	send_cancel(loop, atomic_load_explicit(&slot->session, memory_order_relaxed),
+		    ura__handle_make(&loop->registry, ura__gs_gen(gs), index));
+	return true;
 }
 
 /* Moves a live task of generation gen to CANCELING: 0, -EALREADY, or -ENOENT when it is

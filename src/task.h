@@ -105,6 +105,9 @@ void ura__task_drain_backlog(ura_loop *loop);
 /* Marks a live task CANCELING (unless it is already) and acts on it. Returns true when
  * this call requested the cancel. Loop thread. */
 bool ura__task_cancel_slot(ura_loop *loop, uint32_t index, struct ura__slot *slot);
+/* Sends another ASYNC_CANCEL for a task that is CANCELING with its SQE in the ring
+ * (an earlier one missed); false when the task is not in that state. Loop thread. */
+bool ura__task_recancel(ura_loop *loop, uint32_t index, struct ura__slot *slot);
 /* Terminal call of a task that never reached the kernel or was abandoned. Loop thread. */
 void ura__task_finish_now(ura_loop *loop, uint32_t index, struct ura__slot *slot, int32_t res);
 

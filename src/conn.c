@@ -167,11 +167,17 @@ char *ura_conn_copy_invalidation_reason(ura_conn *c)
 
 /* --------------------------------------------------- commands to the loop */
 
-enum op_kind { OP_SUSPENSION, OP_SEND };
+enum op_kind {
+	OP_SUSPENSION,
+	OP_SEND,
+	OP_REFUSED, /* a counted send that was refused: it only uncounts itself */
+};
 
 struct op {
+	struct ura__cmd cmd; /* carries it to the loop: sending it cannot fail */
 	ura_conn *c; /* holds a reference until the op ran */
 	enum op_kind kind;
+	bool counted; /* in c->posting */
 	struct ura__out *out;
 	uint8_t flags;
 	uint64_t reply_to;
@@ -182,24 +188,18 @@ struct op {
 
 static void run_op(void *arg);
 
-/* Runs op now on the loop thread, or posts it there. Takes op. */
-static int dispatch(struct op *op)
+/* Runs op now on the loop thread, or sends it there in its own command. Takes op. */
+static void dispatch(struct op *op)
 {
 	atomic_fetch_add_explicit(&op->c->refs, 1, memory_order_relaxed);
 	if (ura__on_loop(op->c->loop)) {
 		run_op(op);
-		return 0;
+		return;
 	}
-	int r = ura_loop_post(op->c->loop, run_op, op);
-	if (r < 0) {
-		release(op->c);
-		if (op->out) {
-			op->out->txn_loop = NULL; /* ura_conn_reply ends it on this error */
-			ura__conn_free_out(op->out);
-		}
-		ura__free(op);
-	}
-	return r;
+	op->cmd.kind = URA__CMD_CALL;
+	op->cmd.fn = (void *)run_op;
+	op->cmd.arg = op;
+	ura__loop_send(op->c->loop, &op->cmd);
 }
 
 static int simple_op(ura_conn *c, enum op_kind kind)
@@ -209,7 +209,8 @@ static int simple_op(ura_conn *c, enum op_kind kind)
 		return -ENOMEM;
 	op->c = c;
 	op->kind = kind;
-	return dispatch(op);
+	dispatch(op);
+	return 0;
 }
 
 /* ------------------------------------------------------------ delivery */
@@ -441,7 +442,8 @@ void ura__conn_invalidate(ura_conn *c, const char *reason)
 		return;
 	set_reason(c, reason);
 	c->state = URA__CONN_CANCELLING;
-	atomic_store_explicit(&c->cancelled, true, memory_order_release);
+	/* seq_cst: the store half of send_common's Dekker pairing. */
+	atomic_store_explicit(&c->cancelled, true, memory_order_seq_cst);
 	ura__conn_drop_unsent(c);
 	/* Every task of the connection is cancelled; the session's final event (a later
 	 * iteration, after every terminal call) finishes the job in io_session_invalid. */
@@ -480,6 +482,13 @@ void ura__conn_peer_gone(ura_conn *c, int err)
 
 static void deliver_final(ura_conn *c)
 {
+	/* seq_cst: pairs with send_common (see there). A send from another thread that
+	 * passed its cancelled check is on its way: its reply handler hears INVALID first,
+	 * and posting_done brings the final event back here. */
+	if (atomic_load_explicit(&c->posting, memory_order_seq_cst) > 0) {
+		c->final_pending = true;
+		return;
+	}
 	if (!c->loop_ending && atomic_load_explicit(&c->suspend, memory_order_acquire) > 0) {
 		c->final_pending = true; /* a suspended connection says it on resume */
 		return;
@@ -607,6 +616,16 @@ static void op_send(ura_conn *c, struct op *op)
 	ura__conn_kick_writer(c);
 }
 
+/* A send from another thread has reached the loop; the last one lets a final event
+ * that waited for them go. */
+static void posting_done(ura_conn *c)
+{
+	/* seq_cst: the count's changes are part of send_common's pairing. */
+	if (atomic_fetch_sub_explicit(&c->posting, 1, memory_order_seq_cst) == 1 &&
+	    c->final_pending)
+		flush_held(c);
+}
+
 static void run_op(void *arg)
 {
 	struct op *op = arg;
@@ -619,7 +638,11 @@ static void run_op(void *arg)
 	case OP_SEND:
 		op_send(c, op);
 		break;
+	case OP_REFUSED:
+		break;
 	}
+	if (op->counted)
+		posting_done(c);
 	release(c);
 	ura__free(op);
 }
@@ -699,7 +722,8 @@ int ura_conn_resume(ura_conn *c)
 
 void ura_conn_cancel(ura_conn *c)
 {
-	if (!c || atomic_exchange_explicit(&c->cancelled, true, memory_order_acq_rel))
+	/* seq_cst: the store half of send_common's Dekker pairing. */
+	if (!c || atomic_exchange_explicit(&c->cancelled, true, memory_order_seq_cst))
 		return;
 	run_embedded(c, &c->cancel_cmd, embedded_cancel);
 }
@@ -720,9 +744,30 @@ static int send_common(ura_conn *c, ura_msg *m, uint8_t flags, uint64_t reply_to
 		ura__free(o);
 		return -ENOMEM;
 	}
+	op->c = c;
+	if (!ura__on_loop(c->loop)) {
+		/*
+		 * A send from another thread can pass the check above just before a cancel
+		 * and reach the loop after it. Its reply handler must still be called before
+		 * the final event, so the final event waits for it: the send counts itself
+		 * in posting, then re-checks cancelled; the loop sets cancelled, then (in
+		 * deliver_final) reads posting. All four are seq_cst, so at least one side
+		 * sees the other: the send is refused, or the final event waits for it.
+		 * A refused send still goes to the loop, to uncount itself there.
+		 */
+		op->counted = true;
+		atomic_fetch_add_explicit(&c->posting, 1, memory_order_seq_cst);
+		if (ura__fault(URA__FAULT_SEND_STALL))
+			usleep(2000); /* a test widens the race with a cancel */
+		if (atomic_load_explicit(&c->cancelled, memory_order_seq_cst)) {
+			ura__free(o);
+			op->kind = OP_REFUSED;
+			dispatch(op);
+			return -ESHUTDOWN;
+		}
+	}
 	o->msg = ura_msg_ref(m);
 	o->txn_loop = (flags & URA__FRAME_IS_REPLY) ? c->loop : NULL;
-	op->c = c;
 	op->kind = OP_SEND;
 	op->out = o;
 	op->flags = flags;
@@ -730,7 +775,8 @@ static int send_common(ura_conn *c, ura_msg *m, uint8_t flags, uint64_t reply_to
 	op->epoch = epoch;
 	op->reply = reply;
 	op->arg = arg;
-	return dispatch(op);
+	dispatch(op);
+	return 0;
 }
 
 int ura_conn_send(ura_conn *c, ura_msg *m)

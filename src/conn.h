@@ -67,6 +67,9 @@ struct ura_conn {
 	_Atomic bool activated;
 	_Atomic bool cancelled;
 	_Atomic bool finished;      /* final event delivered: nothing may touch the loop now */
+	/* Sends from other threads that passed the cancelled check and have not reached the
+	 * loop yet: the final event waits for them (conn.c, send_common). */
+	_Atomic uint32_t posting;
 	_Atomic uint32_t epoch;     /* interruptions so far (a reply belongs to one epoch) */
 	_Atomic(char *) reason;     /* set once, on the loop thread, before the final event */
 	/* Activation and cancel happen once each and must not fail for want of memory: their

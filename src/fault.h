@@ -14,6 +14,7 @@ enum ura__fault_site {
 	URA__FAULT_ENTER,       /* io_uring_enter returns the error (-EBUSY, -EAGAIN, -EINTR) */
 	URA__FAULT_SHORT_WRITE, /* a connection's sendmsg is cut to a few bytes */
 	URA__FAULT_CANCEL_MISS, /* a task's ASYNC_CANCEL aims at nothing (-ENOENT) */
+	URA__FAULT_SEND_STALL,  /* a send from another thread sleeps 2 ms mid-way (races) */
 	URA__FAULT_SITES
 };
 

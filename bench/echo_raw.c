@@ -13,8 +13,6 @@
  */
 #include <errno.h>
 #include <liburing.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,14 +22,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "echo_queue.h"
 #include "echo_server.h"
 
 enum { UD_ACCEPT = 0, UD_RECV = 1, UD_SEND = 2, UD_TYPE_BITS = 2 };
 
 struct rconn {
 	int fd;
-	int32_t head, tail; /* buffers waiting to be echoed, linked by bid; -1: none */
-	uint32_t off;       /* bytes of the head buffer already sent */
+	struct echo_queue q;
 	bool sending, recv_live, closing;
 };
 
@@ -43,8 +41,7 @@ static struct {
 	int lfd;
 	struct rconn **conns; /* by descriptor */
 	size_t nconns;
-	int32_t next[ECHO_NBUFS];
-	uint32_t len[ECHO_NBUFS];
+	struct echo_bufs held; /* buffers held by connections */
 } sv;
 
 static struct io_uring_sqe *sqe(void)
@@ -81,11 +78,9 @@ static void maybe_free(struct rconn *c)
 {
 	if (!c->closing || c->sending || c->recv_live)
 		return;
-	while (c->head >= 0) {
-		int32_t bid = c->head;
-		c->head = sv.next[bid];
+	int32_t bid;
+	while ((bid = echo_queue_pop(&c->q, &sv.held)) >= 0)
 		recycle(bid);
-	}
 	sv.conns[c->fd] = NULL;
 	close(c->fd);
 	free(c);
@@ -118,12 +113,11 @@ static void arm_accept(void)
 
 static void kick(struct rconn *c)
 {
-	if (c->sending || c->head < 0 || c->closing)
+	if (c->sending || echo_queue_empty(&c->q) || c->closing)
 		return;
-	int32_t bid = c->head;
 	struct io_uring_sqe *q = sqe();
-	io_uring_prep_send(q, c->fd, sv.bufs + (size_t)bid * ECHO_BUF_SIZE + c->off,
-			   sv.len[bid] - c->off, MSG_NOSIGNAL);
+	io_uring_prep_send(q, c->fd, sv.bufs + (size_t)c->q.head * ECHO_BUF_SIZE + c->q.off,
+			   echo_queue_unsent(&c->q, &sv.held), MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(q, (uint64_t)c->fd << UD_TYPE_BITS | UD_SEND);
 	c->sending = true;
 }
@@ -135,10 +129,9 @@ static void on_accept(int32_t res, uint32_t flags)
 		if (!c) {
 			close(res);
 		} else {
-			int one = 1;
-			(void)setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+			echo_set_nodelay(res);
 			c->fd = res;
-			c->head = c->tail = -1;
+			echo_queue_init(&c->q);
 			sv.conns[res] = c;
 			arm_recv(c);
 		}
@@ -152,13 +145,7 @@ static void on_recv(struct rconn *c, int32_t res, uint32_t flags)
 	bool has_buf = flags & IORING_CQE_F_BUFFER;
 	int32_t bid = (int32_t)(flags >> IORING_CQE_BUFFER_SHIFT);
 	if (res > 0 && has_buf && !c->closing) {
-		sv.len[bid] = (uint32_t)res;
-		sv.next[bid] = -1;
-		if (c->tail >= 0)
-			sv.next[c->tail] = bid;
-		else
-			c->head = bid;
-		c->tail = bid;
+		echo_queue_push(&c->q, &sv.held, bid, (uint32_t)res);
 		kick(c);
 	} else if (has_buf) {
 		recycle(bid);
@@ -180,15 +167,9 @@ static void on_send(struct rconn *c, int32_t res)
 		shut(c);
 		return;
 	}
-	c->off += (uint32_t)res;
-	int32_t bid = c->head;
-	if (c->off == sv.len[bid]) {
-		c->off = 0;
-		c->head = sv.next[bid];
-		if (c->head < 0)
-			c->tail = -1;
-		recycle(bid);
-	}
+	int32_t sent = echo_queue_sent(&c->q, &sv.held, (uint32_t)res);
+	if (sent >= 0)
+		recycle(sent);
 	kick(c);
 	maybe_free(c);
 }

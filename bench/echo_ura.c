@@ -6,8 +6,6 @@
  * runs on the loop's shared session; ura_loop_run drives it.
  */
 #include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,12 +15,12 @@
 
 #include "ura.h"
 
+#include "echo_queue.h"
 #include "echo_server.h"
 
 struct econn {
 	int fd;
-	int32_t head, tail; /* buffers waiting to be echoed, linked by bid; -1: none */
-	uint32_t off;       /* bytes of the head buffer already sent */
+	struct echo_queue q;
 	ura_task recv;
 	bool sending, recv_live, closing;
 };
@@ -32,8 +30,7 @@ static struct {
 	ura_session *s;
 	ura_buf_ring *br;
 	int lfd;
-	int32_t next[ECHO_NBUFS]; /* queue links of buffers held by connections */
-	uint32_t len[ECHO_NBUFS]; /* bytes received into each held buffer */
+	struct echo_bufs held; /* buffers held by connections */
 } sv;
 
 static uint32_t buf_flags(int32_t bid)
@@ -43,12 +40,9 @@ static uint32_t buf_flags(int32_t bid)
 
 static void drop_queue(struct econn *c)
 {
-	while (c->head >= 0) {
-		int32_t bid = c->head;
-		c->head = sv.next[bid];
+	int32_t bid;
+	while ((bid = echo_queue_pop(&c->q, &sv.held)) >= 0)
 		ura_buf_ring_recycle(sv.br, buf_flags(bid));
-	}
-	c->tail = -1;
 }
 
 static void maybe_free(struct econn *c)
@@ -73,12 +67,11 @@ static void on_send(ura_session *s, ura_task t, int32_t res, uint32_t flags, voi
 
 static void kick(struct econn *c)
 {
-	if (c->sending || c->head < 0 || c->closing)
+	if (c->sending || echo_queue_empty(&c->q) || c->closing)
 		return;
-	int32_t bid = c->head;
-	unsigned char *buf = ura_buf_ring_buffer(sv.br, buf_flags(bid));
-	int r = ura_send(sv.s, c->fd, buf + c->off, sv.len[bid] - c->off, MSG_NOSIGNAL, on_send,
-			 c, NULL);
+	unsigned char *buf = ura_buf_ring_buffer(sv.br, buf_flags(c->q.head));
+	int r = ura_send(sv.s, c->fd, buf + c->q.off, echo_queue_unsent(&c->q, &sv.held),
+			 MSG_NOSIGNAL, on_send, c, NULL);
 	if (r < 0) {
 		fprintf(stderr, "echo-ura: send: %s\n", strerror(-r));
 		shut(c);
@@ -95,15 +88,9 @@ static void on_send(ura_session *s, ura_task t, int32_t res, uint32_t flags, voi
 		shut(c);
 		return;
 	}
-	c->off += (uint32_t)res;
-	int32_t bid = c->head;
-	if (c->off == sv.len[bid]) {
-		c->off = 0;
-		c->head = sv.next[bid];
-		if (c->head < 0)
-			c->tail = -1;
-		ura_buf_ring_recycle(sv.br, buf_flags(bid));
-	}
+	int32_t sent = echo_queue_sent(&c->q, &sv.held, (uint32_t)res);
+	if (sent >= 0)
+		ura_buf_ring_recycle(sv.br, buf_flags(sent));
 	kick(c);
 	maybe_free(c);
 }
@@ -126,13 +113,7 @@ static void on_recv(ura_session *s, ura_task t, int32_t res, uint32_t flags, voi
 	struct econn *c = arg;
 	if (res > 0 && (flags & IORING_CQE_F_BUFFER) && !c->closing) {
 		int32_t bid = (int32_t)(flags >> IORING_CQE_BUFFER_SHIFT);
-		sv.len[bid] = (uint32_t)res;
-		sv.next[bid] = -1;
-		if (c->tail >= 0)
-			sv.next[c->tail] = bid;
-		else
-			c->head = bid;
-		c->tail = bid;
+		echo_queue_push(&c->q, &sv.held, bid, (uint32_t)res);
 		kick(c);
 	} else {
 		ura_buf_ring_recycle(sv.br, flags); /* a no-op without a buffer */
@@ -162,10 +143,9 @@ static void on_accept(ura_session *s, ura_task t, int32_t res, uint32_t flags, v
 		if (!c) {
 			close(res);
 		} else {
-			int one = 1;
-			(void)setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+			echo_set_nodelay(res);
 			c->fd = res;
-			c->head = c->tail = -1;
+			echo_queue_init(&c->q);
 			arm_recv(c);
 		}
 	}

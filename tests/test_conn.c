@@ -39,11 +39,7 @@ static void on_event(ura_conn *c, const struct ura_event *ev, void *ctx)
 		atomic_fetch_add(&s->after_invalid, 1);
 	if (ev->type == URA_EVENT_MESSAGE) {
 		atomic_fetch_add(&s->messages, 1);
-		size_t n = ura_msg_len(ev->msg);
-		if (n >= sizeof(s->last))
-			n = sizeof(s->last) - 1;
-		memcpy(s->last, ura_msg_data(ev->msg), n);
-		s->last[n] = '\0';
+		th_msg_text(ev->msg, s->last, sizeof(s->last));
 		if (ura_msg_expects_reply(ev->msg)) {
 			char text[80];
 			snprintf(text, sizeof(text), "re:%s", s->last);
@@ -74,11 +70,7 @@ static void on_reply(ura_conn *c, const struct ura_event *ev, void *arg)
 	atomic_fetch_add(&r->calls, 1);
 	if (ev->type == URA_EVENT_MESSAGE) {
 		atomic_fetch_add(&r->messages, 1);
-		size_t n = ura_msg_len(ev->msg);
-		if (n >= sizeof(r->text))
-			n = sizeof(r->text) - 1;
-		memcpy(r->text, ura_msg_data(ev->msg), n);
-		r->text[n] = '\0';
+		th_msg_text(ev->msg, r->text, sizeof(r->text));
 	} else if (ev->error == URA_ERROR_CONNECTION_INVALID) {
 		atomic_fetch_add(&r->invalid, 1);
 	} else if (ev->error == URA_ERROR_CONNECTION_INTERRUPTED) {
@@ -93,32 +85,64 @@ static ura_msg *msg(const char *text)
 	return m;
 }
 
-static bool run_until_int(const _Atomic int *v, int want, unsigned ms)
+/* ura_conn_send of a new message holding text; the connection keeps its own reference. */
+static int send_text(ura_conn *c, const char *text)
 {
-	uint64_t end = th_now_ms() + ms;
-	while (atomic_load(v) < want && th_now_ms() < end)
-		ura_loop_run_once(loop, false);
-	return atomic_load(v) >= want;
+	ura_msg *m = msg(text);
+	int r = ura_conn_send(c, m);
+	ura_msg_unref(m);
+	return r;
 }
 
-/* Two adopted connections over a socketpair. */
+static bool run_until_int(const _Atomic int *v, int want, unsigned ms)
+{
+	return th_run_until_int(loop, v, want, ms);
+}
+
+/* Two adopted connections over a socketpair, still inactive. */
 static void pair(ura_conn **a, struct seen *sa, ura_conn **b, struct seen *sb)
 {
-	int sv[2];
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	cr_assert_eq(ura_conn_new(loop, sv[0], a), 0);
-	cr_assert_eq(ura_conn_new(loop, sv[1], b), 0);
-	cr_assert_eq(ura_conn_set_event_handler(*a, on_event, sa), 0);
-	cr_assert_eq(ura_conn_set_event_handler(*b, on_event, sb), 0);
+	cr_assert_eq(th_conn_pair(loop, on_event, sa, a, on_event, sb, b), 0);
+}
+
+/* Two adopted connections over a socketpair, both activated. */
+static void active_pair(ura_conn **a, struct seen *sa, ura_conn **b, struct seen *sb)
+{
+	pair(a, sa, b, sb);
+	ura_conn_activate(*a);
+	ura_conn_activate(*b);
+}
+
+/* One inactive adopted connection; *peer is the raw other end, for the test to drive. */
+static ura_conn *adopted(struct seen *s, int *peer)
+{
+	ura_conn *c;
+	cr_assert_eq(th_conn_adopt(loop, on_event, s, &c, peer), 0);
+	return c;
+}
+
+/* The connection ended with a reason that mentions needle. */
+static void expect_reason(ura_conn *c, const char *needle)
+{
+	char *why = ura_conn_copy_invalidation_reason(c);
+	cr_assert(why && strstr(why, needle), "reason '%s' lacks '%s'", why ? why : "(null)",
+		  needle);
+	free(why);
+}
+
+/* Drops the test's connections (b may be NULL) and runs the loop until nothing is left. */
+static void drop_and_drain(ura_conn *a, ura_conn *b)
+{
+	ura_conn_unref(a);
+	ura_conn_unref(b);
+	cr_assert_eq(ura_loop_run(loop), 0);
 }
 
 Test(conn, send_with_reply_gets_the_answer_once)
 {
 	ura_conn *a, *b;
 	struct seen sa = { 0 }, sb = { 0 };
-	pair(&a, &sa, &b, &sb);
-	ura_conn_activate(a);
-	ura_conn_activate(b);
+	active_pair(&a, &sa, &b, &sb);
 	ura_conn_activate(b); /* again: a no-op */
 	struct reply_rec r[10];
 	memset(r, 0, sizeof(r));
@@ -146,9 +170,7 @@ Test(conn, send_with_reply_gets_the_answer_once)
 	for (int i = 0; i < 10; i++)
 		cr_assert_eq(atomic_load(&r[i].calls), 1, "reply %d called %d times", i,
 			     atomic_load(&r[i].calls));
-	ura_conn_unref(a);
-	ura_conn_unref(b);
-	cr_assert_eq(ura_loop_run(loop), 0);
+	drop_and_drain(a, b);
 }
 
 Test(conn, messages_sent_before_activation_wait_for_it)
@@ -156,18 +178,14 @@ Test(conn, messages_sent_before_activation_wait_for_it)
 	ura_conn *a, *b;
 	struct seen sa = { 0 }, sb = { 0 };
 	pair(&a, &sa, &b, &sb);
-	ura_msg *m = msg("early");
-	cr_assert_eq(ura_conn_send(a, m), 0);
+	cr_assert_eq(send_text(a, "early"), 0);
 	ura_conn_activate(b);
 	th_spin(loop, 30);
 	cr_assert_eq(atomic_load(&sb.messages), 0, "an inactive connection sent");
 	ura_conn_activate(a);
 	cr_assert(run_until_int(&sb.messages, 1, 5000));
 	cr_assert_str_eq(sb.last, "early");
-	ura_msg_unref(m);
-	ura_conn_unref(a);
-	ura_conn_unref(b);
-	cr_assert_eq(ura_loop_run(loop), 0);
+	drop_and_drain(a, b);
 	cr_assert_eq(atomic_load(&sa.invalid), 1, "the last unref must cancel");
 	cr_assert_eq(atomic_load(&sb.invalid), 1);
 }
@@ -195,9 +213,7 @@ Test(conn, cancel_fails_pending_replies_then_one_final_event)
 		cr_assert_eq(atomic_load(&r[i].calls), 1);
 		cr_assert_eq(atomic_load(&r[i].invalid), 1);
 	}
-	ura_msg *m = msg("late");
-	cr_assert_eq(ura_conn_send(a, m), -ESHUTDOWN);
-	ura_msg_unref(m);
+	cr_assert_eq(send_text(a, "late"), -ESHUTDOWN);
 	char *why = ura_conn_copy_invalidation_reason(a);
 	cr_assert_not_null(why);
 	cr_assert_str_eq(why, "cancelled");
@@ -205,9 +221,7 @@ Test(conn, cancel_fails_pending_replies_then_one_final_event)
 	th_spin(loop, 20);
 	cr_assert_eq(atomic_load(&sa.invalid), 1);
 	cr_assert_eq(atomic_load(&sa.after_invalid), 0);
-	ura_conn_unref(a);
-	ura_conn_unref(b);
-	cr_assert_eq(ura_loop_run(loop), 0);
+	drop_and_drain(a, b);
 }
 
 Test(conn, suspend_holds_events_and_the_final_one_until_resume)
@@ -220,9 +234,7 @@ Test(conn, suspend_holds_events_and_the_final_one_until_resume)
 	cr_assert_eq(ura_conn_resume(b), -EINVAL, "more resumes than suspends");
 	cr_assert_eq(ura_conn_suspend(b), 0);
 	cr_assert_eq(ura_conn_suspend(b), 0);
-	ura_msg *m = msg("held");
-	cr_assert_eq(ura_conn_send(a, m), 0);
-	ura_msg_unref(m);
+	cr_assert_eq(send_text(a, "held"), 0);
 	th_spin(loop, 30);
 	cr_assert_eq(atomic_load(&sb.messages), 0, "handler ran while suspended");
 	ura_conn_cancel(b);
@@ -236,54 +248,40 @@ Test(conn, suspend_holds_events_and_the_final_one_until_resume)
 	/* After cancel the handler hears only the final event: the held message is dropped. */
 	cr_assert_eq(atomic_load(&sb.messages), 0, "a held message was delivered after cancel");
 	cr_assert_eq(atomic_load(&sb.after_invalid), 0);
-	ura_conn_unref(a);
-	ura_conn_unref(b);
-	cr_assert_eq(ura_loop_run(loop), 0);
+	drop_and_drain(a, b);
 }
 
 Test(conn, peer_closing_an_adopted_connection_is_invalid_with_reason)
 {
-	int sv[2];
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	ura_conn *a;
+	int peer;
 	struct seen sa = { 0 };
-	cr_assert_eq(ura_conn_new(loop, sv[0], &a), 0);
-	ura_conn_set_event_handler(a, on_event, &sa);
+	ura_conn *a = adopted(&sa, &peer);
 	ura_conn_activate(a);
 	struct reply_rec r = { 0 };
 	ura_msg *m = msg("q");
 	cr_assert_eq(ura_conn_send_with_reply(a, m, on_reply, &r), 0);
 	ura_msg_unref(m);
 	th_spin(loop, 20);
-	close(sv[1]);
+	close(peer);
 	cr_assert(run_until_int(&sa.invalid, 1, 5000));
 	cr_assert_eq(atomic_load(&r.invalid), 1);
-	char *why = ura_conn_copy_invalidation_reason(a);
-	cr_assert(why && strstr(why, "peer closed"), "reason: %s", why ? why : "(null)");
-	free(why);
-	ura_conn_unref(a);
-	cr_assert_eq(ura_loop_run(loop), 0);
+	expect_reason(a, "peer closed");
+	drop_and_drain(a, NULL);
 }
 
 /* Writes raw bytes at an adopted connection and expects it to end with a reason. */
 static void expect_protocol_error(const void *bytes, size_t len, const char *needle)
 {
-	int sv[2];
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	ura_conn *a;
+	int peer;
 	struct seen sa = { 0 };
-	cr_assert_eq(ura_conn_new(loop, sv[0], &a), 0);
-	ura_conn_set_event_handler(a, on_event, &sa);
+	ura_conn *a = adopted(&sa, &peer);
 	ura_conn_set_max_frame(a, 1024);
 	ura_conn_activate(a);
-	cr_assert_eq(write(sv[1], bytes, len), (ssize_t)len);
+	cr_assert_eq(write(peer, bytes, len), (ssize_t)len);
 	cr_assert(run_until_int(&sa.invalid, 1, 5000), "no INVALID for %s", needle);
-	char *why = ura_conn_copy_invalidation_reason(a);
-	cr_assert(why && strstr(why, needle), "reason '%s' lacks '%s'", why ? why : "(null)",
-		  needle);
-	free(why);
+	expect_reason(a, needle);
 	ura_conn_unref(a);
-	close(sv[1]);
+	close(peer);
 	/* Not ura_loop_run: the healthy pair beside it keeps the loop busy. */
 	th_spin(loop, 5);
 }
@@ -293,9 +291,7 @@ Test(conn, malformed_input_ends_only_that_connection_with_a_reason)
 	/* A healthy pair runs alongside and must be untouched. */
 	ura_conn *a, *b;
 	struct seen sa = { 0 }, sb = { 0 };
-	pair(&a, &sa, &b, &sb);
-	ura_conn_activate(a);
-	ura_conn_activate(b);
+	active_pair(&a, &sa, &b, &sb);
 
 	expect_protocol_error("GARBAGE-GARBAGE-GARBAGE", 23, "protocol error");
 	uint8_t f[URA__FRAME_HEADER_SIZE + 4];
@@ -315,9 +311,7 @@ Test(conn, malformed_input_ends_only_that_connection_with_a_reason)
 	ura_msg_unref(m);
 	cr_assert(run_until_int(&r.calls, 1, 5000));
 	cr_assert_str_eq(r.text, "re:still fine");
-	ura_conn_unref(a);
-	ura_conn_unref(b);
-	cr_assert_eq(ura_loop_run(loop), 0);
+	drop_and_drain(a, b);
 }
 
 Test(conn, truncated_frame_at_end_of_stream_is_invalid)
@@ -325,21 +319,15 @@ Test(conn, truncated_frame_at_end_of_stream_is_invalid)
 	uint8_t f[URA__FRAME_HEADER_SIZE + 4];
 	size_t n;
 	cr_assert_eq(ura__frame_encode(f, sizeof(f), 0, 1, "abcd", 4, 0, &n), 0);
-	int sv[2];
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	ura_conn *a;
+	int peer;
 	struct seen sa = { 0 };
-	cr_assert_eq(ura_conn_new(loop, sv[0], &a), 0);
-	ura_conn_set_event_handler(a, on_event, &sa);
+	ura_conn *a = adopted(&sa, &peer);
 	ura_conn_activate(a);
-	cr_assert_eq(write(sv[1], f, n - 2), (ssize_t)n - 2);
-	close(sv[1]);
+	cr_assert_eq(write(peer, f, n - 2), (ssize_t)n - 2);
+	close(peer);
 	cr_assert(run_until_int(&sa.invalid, 1, 5000));
-	char *why = ura_conn_copy_invalidation_reason(a);
-	cr_assert(why && strstr(why, "protocol error"), "reason: %s", why ? why : "(null)");
-	free(why);
-	ura_conn_unref(a);
-	cr_assert_eq(ura_loop_run(loop), 0);
+	expect_reason(a, "protocol error");
+	drop_and_drain(a, NULL);
 }
 
 /* ---- listeners and clients by address */
@@ -428,11 +416,8 @@ Test(conn, failed_connect_is_an_invalid_event_with_reason)
 	ura_conn_activate(c);
 	cr_assert(run_until_int(&sc.invalid, 1, 5000), "a failed connect was silent");
 	cr_assert_eq(atomic_load(&r.invalid), 1);
-	char *why = ura_conn_copy_invalidation_reason(c);
-	cr_assert(why && strstr(why, "connect:"), "reason: %s", why ? why : "(null)");
-	free(why);
-	ura_conn_unref(c);
-	cr_assert_eq(ura_loop_run(loop), 0);
+	expect_reason(c, "connect:");
+	drop_and_drain(c, NULL);
 }
 
 Test(conn, bad_arguments)
@@ -507,12 +492,7 @@ Test(conn, a_request_holds_a_transaction_until_answered_or_released)
 	ura_conn *a, *b;
 	struct seen sa = { 0 };
 	struct keeper k = { 0 };
-	int sv[2];
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	cr_assert_eq(ura_conn_new(loop, sv[0], &a), 0);
-	cr_assert_eq(ura_conn_new(loop, sv[1], &b), 0);
-	ura_conn_set_event_handler(a, on_event, &sa);
-	ura_conn_set_event_handler(b, keep_request, &k);
+	cr_assert_eq(th_conn_pair(loop, on_event, &sa, &a, keep_request, &k, &b), 0);
 	ura_conn_activate(a);
 	ura_conn_activate(b);
 	struct reply_rec r1 = { 0 }, r2 = { 0 };
@@ -529,9 +509,7 @@ Test(conn, a_request_holds_a_transaction_until_answered_or_released)
 	cr_assert_eq(ura_transaction_count(loop), 0, "answered and written: none left");
 	ura_msg_unref(k.kept);
 	ura_msg_unref(m);
-	ura_conn_unref(a);
-	ura_conn_unref(b);
-	cr_assert_eq(ura_loop_run(loop), 0);
+	drop_and_drain(a, b);
 	cr_assert_eq(atomic_load(&r2.calls), 1, "the unanswered request's reply handler");
 	cr_assert_eq(atomic_load(&r2.invalid), 1);
 }
@@ -540,9 +518,7 @@ Test(conn, a_suspended_connection_still_ends_when_the_loop_is_freed)
 {
 	ura_conn *a, *b;
 	struct seen sa = { 0 }, sb = { 0 };
-	pair(&a, &sa, &b, &sb);
-	ura_conn_activate(a);
-	ura_conn_activate(b);
+	active_pair(&a, &sa, &b, &sb);
 	cr_assert_eq(ura_conn_suspend(a), 0);
 	th_spin(loop, 10);
 	ura_loop_free(loop);
@@ -550,9 +526,7 @@ Test(conn, a_suspended_connection_still_ends_when_the_loop_is_freed)
 	cr_assert_eq(atomic_load(&sb.invalid), 1);
 	/* Calls on connections that outlived their loop are safe. */
 	cr_assert_eq(ura_conn_resume(a), 0);
-	ura_msg *m = msg("after");
-	cr_assert_eq(ura_conn_send(a, m), -ESHUTDOWN);
-	ura_msg_unref(m);
+	cr_assert_eq(send_text(a, "after"), -ESHUTDOWN);
 	ura_conn_cancel(a);
 	ura_conn_unref(a);
 	ura_conn_unref(b);
@@ -576,12 +550,7 @@ Test(conn, an_oversized_reply_leaves_the_request_answerable)
 	ura_conn *a, *b;
 	struct seen sa = { 0 };
 	struct holder h = { 0 };
-	int sv[2];
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	cr_assert_eq(ura_conn_new(loop, sv[0], &a), 0);
-	cr_assert_eq(ura_conn_new(loop, sv[1], &b), 0);
-	ura_conn_set_event_handler(a, on_event, &sa);
-	ura_conn_set_event_handler(b, hold_it, &h);
+	cr_assert_eq(th_conn_pair(loop, on_event, &sa, &a, hold_it, &h, &b), 0);
 	cr_assert_eq(ura_conn_set_max_frame(b, 4), 0);
 	ura_conn_activate(a);
 	ura_conn_activate(b);
@@ -601,7 +570,5 @@ Test(conn, an_oversized_reply_leaves_the_request_answerable)
 	ura_msg_unref(big);
 	ura_msg_unref(ok);
 	ura_msg_unref(q);
-	ura_conn_unref(a);
-	ura_conn_unref(b);
-	cr_assert_eq(ura_loop_run(loop), 0);
+	drop_and_drain(a, b);
 }

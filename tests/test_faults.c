@@ -342,12 +342,10 @@ Test(faults, peer_reset_mid_frame_ends_the_connection_with_a_reason)
 {
 	ura_loop *loop;
 	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
-	int sv[2];
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	ura_conn *a;
+	int peer;
 	struct conn_seen sa = { 0 };
-	cr_assert_eq(ura_conn_new(loop, sv[0], &a), 0);
-	ura_conn_set_event_handler(a, conn_events, &sa);
+	cr_assert_eq(th_conn_adopt(loop, conn_events, &sa, &a, &peer), 0);
 	ura_conn_activate(a);
 	struct reply_count rc = { .want_len = 1 };
 	ura_msg *m;
@@ -358,12 +356,10 @@ Test(faults, peer_reset_mid_frame_ends_the_connection_with_a_reason)
 	size_t n;
 	char body[100] = { 0 };
 	cr_assert_eq(ura__frame_encode(f, sizeof(f), 0, 9, body, sizeof(body), 0, &n), 0);
-	cr_assert_eq(write(sv[1], f, 30), 30);
+	cr_assert_eq(write(peer, f, 30), 30);
 	th_spin(loop, 10);
-	close(sv[1]); /* the peer goes away in the middle of a frame */
-	uint64_t end = th_now_ms() + 5000;
-	while (!atomic_load(&sa.invalid) && th_now_ms() < end)
-		ura_loop_run_once(loop, false);
+	close(peer); /* the peer goes away in the middle of a frame */
+	th_run_until_int(loop, &sa.invalid, 1, 5000);
 	cr_assert_eq(atomic_load(&sa.invalid), 1);
 	cr_assert_eq(atomic_load(&rc.calls), 1, "the pending reply was not told");
 	char *why = ura_conn_copy_invalidation_reason(a);

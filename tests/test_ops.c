@@ -61,53 +61,14 @@ TestSuite(ops, .init = setup, .fini = teardown, .timeout = 120);
 
 /* ---------------------------------------------------- bounded running */
 
-struct watchdog {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	bool done, fired;
-	unsigned ms;
-	ura_loop *loop;
-};
-
-static void *watchdog_main(void *arg)
-{
-	struct watchdog *w = arg;
-	struct timespec until;
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += w->ms / 1000;
-	until.tv_nsec += (long)(w->ms % 1000) * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
-	pthread_mutex_lock(&w->mu);
-	int r = 0;
-	while (!w->done && r != ETIMEDOUT)
-		r = pthread_cond_timedwait(&w->cv, &w->mu, &until);
-	if (!w->done) {
-		w->fired = true;
-		ura_loop_stop(w->loop);
-	}
-	pthread_mutex_unlock(&w->mu);
-	return NULL;
-}
-
 /* ura_loop_run with a hang guard: true when run returned by itself (no work left), false
  * when a helper thread had to stop it after ms. */
 static bool run_bounded(unsigned ms)
 {
-	struct watchdog w = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER,
-			      .ms = ms, .loop = loop };
-	pthread_t th;
-	cr_assert_eq(pthread_create(&th, NULL, watchdog_main, &w), 0);
-	int r = ura_loop_run(loop);
-	pthread_mutex_lock(&w.mu);
-	w.done = true;
-	pthread_cond_signal(&w.cv);
-	pthread_mutex_unlock(&w.mu);
-	pthread_join(th, NULL);
+	int r;
+	bool by_itself = th_run_bounded(loop, ms, &r);
 	cr_assert_eq(r, 0, "ura_loop_run: %d", r);
-	return !w.fired;
+	return by_itself;
 }
 
 static void iterate(int n)

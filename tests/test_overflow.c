@@ -117,66 +117,35 @@ static void check_all(size_t n, int32_t want, int32_t want2, const char *what)
 
 /* ------------------------------------------------------------ bounds */
 
-struct watchdog {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	bool done, fired;
-	unsigned ms;
-};
-
-static void *watchdog_main(void *arg)
-{
-	struct watchdog *w = arg;
-	struct timespec until;
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += w->ms / 1000;
-	until.tv_nsec += (long)(w->ms % 1000) * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
-	pthread_mutex_lock(&w->mu);
-	int r = 0;
-	while (!w->done && r != ETIMEDOUT)
-		r = pthread_cond_timedwait(&w->cv, &w->mu, &until);
-	if (!w->done) {
-		w->fired = true;
-		ura_loop_stop(loop);
-	}
-	pthread_mutex_unlock(&w->mu);
-	return NULL;
-}
-
-static void watchdog_start(struct watchdog *w, pthread_t *th, unsigned ms)
-{
-	pthread_mutex_init(&w->mu, NULL);
-	pthread_cond_init(&w->cv, NULL);
-	w->done = w->fired = false;
-	w->ms = ms;
-	cr_assert_eq(pthread_create(th, NULL, watchdog_main, w), 0);
-}
-
-/* Returns true when the watchdog fired. */
-static bool watchdog_end(struct watchdog *w, pthread_t th)
-{
-	pthread_mutex_lock(&w->mu);
-	w->done = true;
-	pthread_cond_signal(&w->cv);
-	pthread_mutex_unlock(&w->mu);
-	pthread_join(th, NULL);
-	return w->fired;
-}
-
 /* ura_loop_run with a hang guard: true when it returned by itself (no work left). */
 static bool run_bounded(unsigned ms)
 {
-	struct watchdog w;
-	pthread_t th;
-	watchdog_start(&w, &th, ms);
-	int r = ura_loop_run(loop);
-	bool fired = watchdog_end(&w, th);
+	int r;
+	bool by_itself = th_run_bounded(loop, ms, &r);
 	cr_assert_eq(r, 0, "ura_loop_run: %d", r);
-	return !fired;
+	return by_itself;
+}
+
+/* Lets the THREADS threads waiting on go start and runs the loop (blocking between
+ * iterations when wait) until want tasks had their terminal call, under a hang guard;
+ * then joins the threads. Returns true when the guard fired; *err is the first error
+ * ura_loop_run_once returned. */
+static bool run_while_threads_work(_Atomic bool *go, pthread_t th[THREADS], uint64_t want,
+				   bool wait, int *err)
+{
+	struct th_watchdog w;
+	cr_assert_eq(th_watchdog_start(&w, loop, GUARD_MS), 0);
+	atomic_store(go, true);
+	uint64_t end = th_now_ms() + GUARD_MS + 1000;
+	*err = 0;
+	while (atomic_load(&terminal_total) < want && th_now_ms() < end) {
+		int r = ura_loop_run_once(loop, wait);
+		if (r < 0 && *err == 0)
+			*err = r;
+	}
+	for (unsigned k = 0; k < THREADS; k++)
+		pthread_join(th[k], NULL);
+	return th_watchdog_end(&w);
 }
 
 /* ------------------------------------------------------ single thread */
@@ -348,20 +317,8 @@ static void from_threads(enum op op, bool wait, int32_t want, int32_t want2, con
 		sb[k] = (struct submitter){ .id = k, .op = op, .go = &go, .failed = &failed };
 		cr_assert_eq(pthread_create(&th[k], NULL, submit_main, &sb[k]), 0);
 	}
-	struct watchdog w;
-	pthread_t wt;
-	watchdog_start(&w, &wt, GUARD_MS);
-	atomic_store(&go, true);
-	uint64_t end = th_now_ms() + GUARD_MS + 1000;
-	int err = 0;
-	while (atomic_load(&terminal_total) < N && th_now_ms() < end) {
-		int r = ura_loop_run_once(loop, wait);
-		if (r < 0 && err == 0)
-			err = r;
-	}
-	for (unsigned k = 0; k < THREADS; k++)
-		pthread_join(th[k], NULL);
-	bool fired = watchdog_end(&w, wt);
+	int err;
+	bool fired = run_while_threads_work(&go, th, N, wait, &err);
 	cr_assert_eq(err, 0, "%s: ura_loop_run_once: %d", what, err);
 	cr_assert_eq(atomic_load(&failed), 0, "%s: %llu submits/cancels failed (first: %d)", what,
 		     (unsigned long long)atomic_load(&failed), atomic_load(&sb[0].first_error));
@@ -449,20 +406,8 @@ Test(overflow, reads_in_the_kernel_cancelled_from_four_threads)
 					    .failed = &failed };
 		cr_assert_eq(pthread_create(&th[k], NULL, cancel_main, &cs[k]), 0);
 	}
-	struct watchdog w;
-	pthread_t wt;
-	watchdog_start(&w, &wt, GUARD_MS);
-	atomic_store(&go, true);
-	uint64_t end = th_now_ms() + GUARD_MS + 1000;
-	int err = 0;
-	while (atomic_load(&terminal_total) < NK && th_now_ms() < end) {
-		int r = ura_loop_run_once(loop, true);
-		if (r < 0 && err == 0)
-			err = r;
-	}
-	for (unsigned k = 0; k < THREADS; k++)
-		pthread_join(th[k], NULL);
-	bool fired = watchdog_end(&w, wt);
+	int err;
+	bool fired = run_while_threads_work(&go, th, NK, true, &err);
 	cr_assert_eq(err, 0, "ura_loop_run_once: %d", err);
 	cr_assert_eq(atomic_load(&failed), 0, "%llu cancels failed (first: %d)",
 		     (unsigned long long)atomic_load(&failed), atomic_load(&cs[0].first_error));
@@ -493,6 +438,21 @@ static void cancel_all_fn(ura_session *s, ura_task t, int32_t res, uint32_t flag
 	atomic_store(&c->ran, true);
 }
 
+/* Submits a nop whose callback cancels the n blockers (all still pending), and expects
+ * ura_loop_run to get the nop to the kernel and return, every blocker cancelled. */
+static void cancel_from_a_backlogged_nop(ura_task *blockers, unsigned n, const char *what)
+{
+	/* Static: on failure the loop is freed in teardown, after this frame is gone, and
+	 * the nop's callback still runs then. */
+	static struct canceller_cb c;
+	c = (struct canceller_cb){ .tasks = blockers, .n = n };
+	cr_assert_eq(ura_nop(sh, cancel_all_fn, &c, NULL), 0);
+	cr_assert(run_bounded(10000), "ura_loop_run slept with a task in its backlog (nop %s)",
+		  atomic_load(&c.ran) ? "ran" : "never ran");
+	cr_assert(atomic_load(&c.ran));
+	check_all(n, -ECANCELED, -EINTR, what);
+}
+
 Test(overflow, backlog_is_not_starved_behind_tasks_that_block)
 {
 	/* More long-running tasks than the SQ holds, then a nop whose callback cancels them
@@ -501,19 +461,13 @@ Test(overflow, backlog_is_not_starved_behind_tasks_that_block)
 	 * would sleep until the first 60 s timeout fires. */
 	enum { BLOCKERS = 40 };
 	/* Static: on failure the loop is freed in teardown, after this frame is gone, and
-	 * the nop's callback still runs then. */
+	 * the nop's callback still cancels these. */
 	static ura_task blockers[BLOCKERS];
 	for (size_t i = 0; i < BLOCKERS; i++) {
 		int r = ura_timeout(sh, LONG_NS, count_fn, (void *)(uintptr_t)i, &blockers[i]);
 		cr_assert_eq(r, 0, "timeout %zu: %d", i, r);
 	}
-	static struct canceller_cb c;
-	c = (struct canceller_cb){ .tasks = blockers, .n = BLOCKERS };
-	cr_assert_eq(ura_nop(sh, cancel_all_fn, &c, NULL), 0);
-	cr_assert(run_bounded(10000), "ura_loop_run slept with a task in its backlog (nop %s)",
-		  atomic_load(&c.ran) ? "ran" : "never ran");
-	cr_assert(atomic_load(&c.ran));
-	check_all(BLOCKERS, -ECANCELED, -EINTR, "timeouts cancelled by a backlogged nop");
+	cancel_from_a_backlogged_nop(blockers, BLOCKERS, "timeouts cancelled by a backlogged nop");
 }
 
 Test(overflow, backlog_is_not_starved_with_the_default_ring)
@@ -532,13 +486,7 @@ Test(overflow, backlog_is_not_starved_with_the_default_ring)
 		int r = ura_read(sh, p[0], sink, 1, 0, count_fn, (void *)(uintptr_t)i, &blockers[i]);
 		cr_assert_eq(r, 0, "read %zu: %d", i, r);
 	}
-	static struct canceller_cb c;
-	c = (struct canceller_cb){ .tasks = blockers, .n = BLOCKERS };
-	cr_assert_eq(ura_nop(sh, cancel_all_fn, &c, NULL), 0);
-	cr_assert(run_bounded(10000), "ura_loop_run slept with a task in its backlog (nop %s)",
-		  atomic_load(&c.ran) ? "ran" : "never ran");
-	cr_assert(atomic_load(&c.ran));
-	check_all(BLOCKERS, -ECANCELED, -EINTR, "reads cancelled by a backlogged nop");
+	cancel_from_a_backlogged_nop(blockers, BLOCKERS, "reads cancelled by a backlogged nop");
 	close(p[0]);
 	close(p[1]);
 }

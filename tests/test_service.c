@@ -425,11 +425,7 @@ static void on_reply(ura_conn *c, const struct ura_event *ev, void *arg)
 	struct reply_rec *r = arg;
 	r->at = atomic_fetch_add(&seq, 1);
 	if (ev->type == URA_EVENT_MESSAGE) {
-		size_t n = ura_msg_len(ev->msg);
-		if (n >= sizeof(r->text))
-			n = sizeof(r->text) - 1;
-		memcpy(r->text, ura_msg_data(ev->msg), n);
-		r->text[n] = '\0';
+		th_msg_text(ev->msg, r->text, sizeof(r->text));
 		atomic_fetch_add(&r->messages, 1);
 	} else if (ev->error == URA_ERROR_CONNECTION_INVALID) {
 		atomic_fetch_add(&r->invalid, 1);
@@ -448,14 +444,58 @@ static void request(ura_conn *c, const char *text, struct reply_rec *r)
 	ura_msg_unref(m);
 }
 
-static ura_conn *client(const char *address, struct seen *seen)
+/* A client by address on l, activated; its events go to seen. */
+static ura_conn *connect_client(ura_loop *l, const char *address, struct seen *seen)
 {
 	ura_conn *c;
-	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
-	cr_assert_eq(ura_conn_connect(loop, address, &c), 0);
+	cr_assert_eq(ura_conn_connect(l, address, &c), 0);
 	cr_assert_eq(ura_conn_set_event_handler(c, client_event, seen), 0);
 	ura_conn_activate(c);
 	return c;
+}
+
+/* Starts the service (in a child) at a fresh name and connects a client on a new loop. */
+static ura_conn *service_with_client(struct svc_opts opts, struct seen *seen)
+{
+	char addr[80];
+	service_name(addr, sizeof(addr));
+	spawn_service(addr, opts);
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	return connect_client(loop, addr, seen);
+}
+
+/* A request the service answers at once with its own payload. */
+static void round_trip(ura_conn *c, const char *text, struct reply_rec *r)
+{
+	request(c, text, r);
+	cr_assert(wait_int(&r->calls, 1, 5000), "no reply to %s", text);
+	cr_assert_str_eq(r->text, text);
+}
+
+/* A request the service keeps unanswered ("later:", "never:", "suspend:"). */
+static void hold_request(ura_conn *c, const char *text, struct reply_rec *r)
+{
+	request(c, text, r);
+	cr_assert(wait_report(REPORT_HELD, 1, 5000), "the service never held %s", text);
+}
+
+/* The service exited 0 within ms; what it reported on its way out. */
+static struct summary summary_after_exit(unsigned ms)
+{
+	expect_clean_exit(ms);
+	return child_summary();
+}
+
+/* Sends sig and expects the graceful end: the client hears INTERRUPTED, the service exits
+ * 0, and its one peer got TERMINATION_IMMINENT and its final event once each. */
+static struct summary stop_gracefully(int sig, struct seen *seen)
+{
+	cr_assert_eq(kill(child, sig), 0);
+	cr_assert(wait_int(&seen->interrupted, 1, 10000), "no INTERRUPTED after signal %d", sig);
+	struct summary s = summary_after_exit(10000);
+	cr_assert_eq(s.imminent, 1);
+	cr_assert_eq(s.finals, 1);
+	return s;
 }
 
 /* Drops the client, lets the loop drain and frees it. */
@@ -469,11 +509,9 @@ static void end_client(ura_conn *c)
 
 Test(service, a_held_request_is_answered_through_sigterm)
 {
-	char addr[80];
-	service_name(addr, sizeof(addr));
-	spawn_service(addr, (struct svc_opts){ 0 } /* timeout: the default 10 s */);
 	struct seen seen = { 0 };
-	ura_conn *c = client(addr, &seen);
+	ura_conn *c = service_with_client((struct svc_opts){ 0 } /* timeout: the default 10 s */,
+					  &seen);
 
 	/* Ordinary traffic first: one answered at once, one after a timer. */
 	struct reply_rec quick = { 0 }, delayed = { 0 }, held = { 0 };
@@ -485,8 +523,7 @@ Test(service, a_held_request_is_answered_through_sigterm)
 	cr_assert_str_eq(delayed.text, "delay:one");
 
 	/* A request the service keeps until after the signal. */
-	request(c, "later:held", &held);
-	cr_assert(wait_report(REPORT_HELD, 1, 5000), "the service never held the request");
+	hold_request(c, "later:held", &held);
 	cr_assert_eq(atomic_load(&held.calls), 0);
 	cr_assert_eq(kill(child, SIGTERM), 0);
 
@@ -547,35 +584,21 @@ Test(service, sigterm_with_no_clients_returns_zero_promptly)
 
 Test(service, sigint_stops_a_service_with_a_client)
 {
-	char addr[80];
-	service_name(addr, sizeof(addr));
-	spawn_service(addr, (struct svc_opts){ 0 });
 	struct seen seen = { 0 };
-	ura_conn *c = client(addr, &seen);
+	ura_conn *c = service_with_client((struct svc_opts){ 0 }, &seen);
 	struct reply_rec r = { 0 };
-	request(c, "ping", &r);
-	cr_assert(wait_int(&r.calls, 1, 5000));
-	cr_assert_str_eq(r.text, "ping");
-	cr_assert_eq(kill(child, SIGINT), 0);
-	cr_assert(wait_int(&seen.interrupted, 1, 10000), "no INTERRUPTED after SIGINT");
-	expect_clean_exit(10000);
-	struct summary s = child_summary();
-	cr_assert_eq(s.imminent, 1);
-	cr_assert_eq(s.finals, 1);
+	round_trip(c, "ping", &r);
+	stop_gracefully(SIGINT, &seen);
 	end_client(c);
 	cr_assert_eq(atomic_load(&seen.invalid), 1, "the last unref must end the client");
 }
 
 Test(service, the_shutdown_timeout_bounds_an_unanswered_request)
 {
-	char addr[80];
-	service_name(addr, sizeof(addr));
-	spawn_service(addr, (struct svc_opts){ .shutdown_ms = 300 });
 	struct seen seen = { 0 };
-	ura_conn *c = client(addr, &seen);
+	ura_conn *c = service_with_client((struct svc_opts){ .shutdown_ms = 300 }, &seen);
 	struct reply_rec never = { 0 };
-	request(c, "never:x", &never);
-	cr_assert(wait_report(REPORT_HELD, 1, 5000), "the service never held the request");
+	hold_request(c, "never:x", &never);
 	uint64_t t0 = th_now_ms();
 	cr_assert_eq(kill(child, SIGTERM), 0);
 	/* A hang guard, not a performance threshold. */
@@ -597,22 +620,12 @@ Test(service, the_shutdown_timeout_bounds_an_unanswered_request)
 
 Test(service, shutdown_waits_for_a_transaction_the_service_began)
 {
-	char addr[80];
-	service_name(addr, sizeof(addr));
-	spawn_service(addr, (struct svc_opts){ 0 });
 	struct seen seen = { 0 };
-	ura_conn *c = client(addr, &seen);
+	ura_conn *c = service_with_client((struct svc_opts){ 0 }, &seen);
 	/* Answered at once; the service's own transaction ends 200 ms after the signal. */
 	struct reply_rec r = { 0 };
-	request(c, "txn:work", &r);
-	cr_assert(wait_int(&r.calls, 1, 5000));
-	cr_assert_str_eq(r.text, "txn:work");
-	cr_assert_eq(kill(child, SIGTERM), 0);
-	cr_assert(wait_int(&seen.interrupted, 1, 10000));
-	expect_clean_exit(10000);
-	struct summary s = child_summary();
-	cr_assert_eq(s.imminent, 1);
-	cr_assert_eq(s.finals, 1);
+	round_trip(c, "txn:work", &r);
+	struct summary s = stop_gracefully(SIGTERM, &seen);
 	cr_assert_eq(s.early, 0, "a peer was cancelled while a transaction was open");
 	end_client(c);
 }
@@ -624,14 +637,10 @@ Test(service, shutdown_waits_for_a_transaction_the_service_began)
  */
 Test(service, a_second_signal_during_shutdown_still_returns_zero)
 {
-	char addr[80];
-	service_name(addr, sizeof(addr));
-	spawn_service(addr, (struct svc_opts){ 0 });
 	struct seen seen = { 0 };
-	ura_conn *c = client(addr, &seen);
+	ura_conn *c = service_with_client((struct svc_opts){ 0 }, &seen);
 	struct reply_rec held = { 0 };
-	request(c, "later:held", &held);
-	cr_assert(wait_report(REPORT_HELD, 1, 5000));
+	hold_request(c, "later:held", &held);
 	cr_assert_eq(kill(child, SIGTERM), 0);
 	cr_assert(wait_report(REPORT_IMMINENT, 1, 5000));
 	/* The held request is answered 200 ms after TERMINATION_IMMINENT: still shutting
@@ -639,8 +648,7 @@ Test(service, a_second_signal_during_shutdown_still_returns_zero)
 	cr_assert_eq(kill(child, SIGINT), 0);
 	cr_assert(wait_int(&held.calls, 1, 10000));
 	cr_assert_str_eq(held.text, "later:held");
-	expect_clean_exit(10000);
-	struct summary s = child_summary();
+	struct summary s = summary_after_exit(10000);
 	cr_assert_eq(s.r, 0);
 	cr_assert_eq(s.imminent, 1, "TERMINATION_IMMINENT again for the second signal");
 	end_client(c);
@@ -653,14 +661,10 @@ Test(service, a_second_signal_during_shutdown_still_returns_zero)
  */
 Test(service, a_suspended_peer_does_not_stall_shutdown)
 {
-	char addr[80];
-	service_name(addr, sizeof(addr));
-	spawn_service(addr, (struct svc_opts){ .shutdown_ms = 300 });
 	struct seen seen = { 0 };
-	ura_conn *c = client(addr, &seen);
+	ura_conn *c = service_with_client((struct svc_opts){ .shutdown_ms = 300 }, &seen);
 	struct reply_rec r = { 0 };
-	request(c, "suspend:x", &r);
-	cr_assert(wait_report(REPORT_HELD, 1, 5000));
+	hold_request(c, "suspend:x", &r);
 	cr_assert_eq(kill(child, SIGTERM), 0);
 	/* A hang guard: the shutdown timeout is 300 ms. */
 	expect_clean_exit(10000);
@@ -679,11 +683,8 @@ Test(service, a_suspended_peer_does_not_stall_shutdown)
  */
 Test(service, a_peer_the_accept_callback_drops_is_closed)
 {
-	char addr[80];
-	service_name(addr, sizeof(addr));
-	spawn_service(addr, (struct svc_opts){ .reject = true });
 	struct seen seen = { 0 };
-	ura_conn *c = client(addr, &seen);
+	ura_conn *c = service_with_client((struct svc_opts){ .reject = true }, &seen);
 	struct reply_rec r = { 0 };
 	request(c, "ping", &r);
 	cr_assert(wait_int(&r.calls, 1, 5000),
@@ -843,10 +844,7 @@ static void keeper_drop(struct keeper *k)
 
 static bool tloop_until_int(const _Atomic int *v, int want, unsigned ms)
 {
-	uint64_t end = th_now_ms() + ms;
-	while (atomic_load(v) < want && th_now_ms() < end)
-		(void)ura_loop_run_once(tloop, false);
-	return atomic_load(v) >= want;
+	return th_run_until_int(tloop, v, want, ms);
 }
 
 static bool tloop_until_count(uint64_t want, unsigned ms)
@@ -857,150 +855,143 @@ static bool tloop_until_count(uint64_t want, unsigned ms)
 	return ura_transaction_count(tloop) == want;
 }
 
-/* A client (requests, replies) and a keeper (server) over a socketpair. */
-static void keeper_pair(ura_conn **cl, struct seen *sc, ura_conn **sv, struct keeper *k)
+/*
+ * One test's client (requests, replies) and keeper (server) over a socketpair, with what
+ * they saw. Static (txn_start): if an assertion ends a test early, the suite's teardown
+ * frees the loop, which still calls the handlers, and they must not write into a stack
+ * frame that is gone.
+ */
+struct txn_pair {
+	ura_conn *cl, *sv;
+	struct seen sc;
+	struct keeper k;
+	struct reply_rec r[3];
+};
+
+static struct txn_pair *txn_start(void)
 {
-	int fds[2];
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
-	cr_assert_eq(ura_conn_new(tloop, fds[0], cl), 0);
-	cr_assert_eq(ura_conn_new(tloop, fds[1], sv), 0);
-	cr_assert_eq(ura_conn_set_event_handler(*cl, client_event, sc), 0);
-	cr_assert_eq(ura_conn_set_event_handler(*sv, keep_event, k), 0);
-	ura_conn_activate(*cl);
-	ura_conn_activate(*sv);
+	static struct txn_pair t;
+	cr_assert_eq(th_conn_pair(tloop, client_event, &t.sc, &t.cl, keep_event, &t.k, &t.sv), 0);
+	ura_conn_activate(t.cl);
+	ura_conn_activate(t.sv);
+	return &t;
 }
 
-static void send_requests(ura_conn *c, struct reply_rec *r, int n)
+/* n requests from the client, answered (or not) by the test through the keeper. */
+static void send_requests(struct txn_pair *t, int n)
 {
 	for (int i = 0; i < n; i++) {
 		ura_msg *m;
 		cr_assert_eq(ura_msg_new("q", 1, &m), 0);
-		cr_assert_eq(ura_conn_send_with_reply(c, m, on_reply, &r[i]), 0);
+		cr_assert_eq(ura_conn_send_with_reply(t->cl, m, on_reply, &t->r[i]), 0);
 		ura_msg_unref(m);
 	}
 }
 
-/*
- * The records below are static: if an assertion ends a test early, the suite's teardown
- * frees the loop, which still calls the reply handlers, and they must not write into a
- * stack frame that is gone.
- */
+/* The keeper answers request with "a"; returns what ura_conn_reply said. */
+static int answer(struct txn_pair *t, ura_msg *request)
+{
+	ura_msg *a;
+	cr_assert_eq(ura_msg_new("a", 1, &a), 0);
+	int r = ura_conn_reply(t->sv, request, a);
+	ura_msg_unref(a);
+	return r;
+}
+
+/* Drops both connections and runs the loop dry: no transaction may be left. */
+static void txn_end(struct txn_pair *t)
+{
+	ura_conn_unref(t->cl);
+	ura_conn_unref(t->sv);
+	cr_assert_eq(ura_loop_run(tloop), 0);
+	cr_assert_eq(ura_transaction_count(tloop), 0);
+}
 
 Test(transactions, a_request_holds_one_until_its_reply_is_written)
 {
-	ura_conn *cl, *sv;
-	static struct seen sc;
-	static struct keeper k;
-	static struct reply_rec r;
-	keeper_pair(&cl, &sc, &sv, &k);
+	struct txn_pair *t = txn_start();
 
 	/* A plain message holds nothing. */
 	ura_msg *m;
 	cr_assert_eq(ura_msg_new("plain", 5, &m), 0);
-	cr_assert_eq(ura_conn_send(cl, m), 0);
+	cr_assert_eq(ura_conn_send(t->cl, m), 0);
 	ura_msg_unref(m);
-	cr_assert(tloop_until_int(&k.messages, 1, 5000));
-	cr_assert_eq(k.count_at_delivery, 0, "a message without reply holds a transaction");
+	cr_assert(tloop_until_int(&t->k.messages, 1, 5000));
+	cr_assert_eq(t->k.count_at_delivery, 0, "a message without reply holds a transaction");
 
-	send_requests(cl, &r, 1);
-	cr_assert(tloop_until_int(&k.messages, 2, 5000));
-	cr_assert_eq(k.count_at_delivery, 1, "a request must hold one transaction");
+	send_requests(t, 1);
+	cr_assert(tloop_until_int(&t->k.messages, 2, 5000));
+	cr_assert_eq(t->k.count_at_delivery, 1, "a request must hold one transaction");
 	th_spin(tloop, 20);
 	cr_assert_eq(ura_transaction_count(tloop), 1, "released while unanswered and held");
 
-	ura_msg *answer;
-	cr_assert_eq(ura_msg_new("a", 1, &answer), 0);
-	cr_assert_eq(ura_conn_reply(sv, k.requests[0], answer), 0);
-	cr_assert_eq(ura_conn_reply(sv, k.requests[0], answer), -EINVAL, "answered twice");
-	ura_msg_unref(answer);
-	cr_assert(tloop_until_int(&r.calls, 1, 5000));
-	cr_assert_str_eq(r.text, "a");
+	cr_assert_eq(answer(t, t->k.requests[0]), 0);
+	cr_assert_eq(answer(t, t->k.requests[0]), -EINVAL, "answered twice");
+	cr_assert(tloop_until_int(&t->r[0].calls, 1, 5000));
+	cr_assert_str_eq(t->r[0].text, "a");
 	cr_assert(tloop_until_count(0, 5000), "still %llu after the reply was written",
 		  (unsigned long long)ura_transaction_count(tloop));
 	/* Dropping the answered request afterwards ends nothing a second time. */
-	keeper_drop(&k);
+	keeper_drop(&t->k);
 	ura_transaction_begin(tloop);
 	cr_assert_eq(ura_transaction_count(tloop), 1);
 	ura_transaction_end(tloop);
 	th_spin(tloop, 10);
 	cr_assert_eq(ura_transaction_count(tloop), 0);
 
-	ura_conn_unref(cl);
-	ura_conn_unref(sv);
-	cr_assert_eq(ura_loop_run(tloop), 0);
-	cr_assert_eq(ura_transaction_count(tloop), 0);
+	txn_end(t);
 }
 
 Test(transactions, a_request_released_unanswered_gives_its_transaction_back)
 {
-	ura_conn *cl, *sv;
-	static struct seen sc;
-	static struct keeper k;
-	static struct reply_rec r[2];
-	keeper_pair(&cl, &sc, &sv, &k);
-	send_requests(cl, r, 2);
-	cr_assert(tloop_until_int(&k.messages, 2, 5000));
+	struct txn_pair *t = txn_start();
+	send_requests(t, 2);
+	cr_assert(tloop_until_int(&t->k.messages, 2, 5000));
 	cr_assert_eq(ura_transaction_count(tloop), 2);
 	/* The service decides not to answer the first: it drops its last reference. */
-	ura_msg_unref(k.requests[0]);
-	k.requests[0] = NULL;
+	ura_msg_unref(t->k.requests[0]);
+	t->k.requests[0] = NULL;
 	cr_assert(tloop_until_count(1, 5000), "%llu open after releasing one of two",
 		  (unsigned long long)ura_transaction_count(tloop));
 	/* The other is still answerable, and its reply ends the last one. */
-	ura_msg *answer;
-	cr_assert_eq(ura_msg_new("a", 1, &answer), 0);
-	cr_assert_eq(ura_conn_reply(sv, k.requests[1], answer), 0);
-	ura_msg_unref(answer);
-	cr_assert(tloop_until_int(&r[1].calls, 1, 5000));
-	cr_assert_eq(atomic_load(&r[1].messages), 1);
+	cr_assert_eq(answer(t, t->k.requests[1]), 0);
+	cr_assert(tloop_until_int(&t->r[1].calls, 1, 5000));
+	cr_assert_eq(atomic_load(&t->r[1].messages), 1);
 	cr_assert(tloop_until_count(0, 5000));
-	cr_assert_eq(atomic_load(&r[0].calls), 0, "the released request was answered");
-	keeper_drop(&k);
-	ura_conn_unref(cl);
-	ura_conn_unref(sv);
-	cr_assert_eq(ura_loop_run(tloop), 0);
+	cr_assert_eq(atomic_load(&t->r[0].calls), 0, "the released request was answered");
+	keeper_drop(&t->k);
+	txn_end(t);
 	/* Its sender hears of it when the connection ends. */
-	cr_assert_eq(atomic_load(&r[0].calls), 1);
-	cr_assert_eq(ura_transaction_count(tloop), 0);
+	cr_assert_eq(atomic_load(&t->r[0].calls), 1);
 }
 
 Test(transactions, cancelling_a_connection_releases_its_unanswered_requests)
 {
-	ura_conn *cl, *sv;
-	static struct seen sc;
-	static struct keeper k;
-	static struct reply_rec r[3];
-	keeper_pair(&cl, &sc, &sv, &k);
-	send_requests(cl, r, 3);
-	cr_assert(tloop_until_int(&k.messages, 3, 5000));
+	struct txn_pair *t = txn_start();
+	send_requests(t, 3);
+	cr_assert(tloop_until_int(&t->k.messages, 3, 5000));
 	cr_assert_eq(ura_transaction_count(tloop), 3, "%llu transactions for 3 requests",
 		     (unsigned long long)ura_transaction_count(tloop));
 
-	ura_conn_cancel(sv);
-	cr_assert(tloop_until_int(&k.invalid, 1, 5000));
-	cr_assert_eq(k.count_at_final, 0, "requests still held at the final event: %llu",
-		     (unsigned long long)k.count_at_final);
+	ura_conn_cancel(t->sv);
+	cr_assert(tloop_until_int(&t->k.invalid, 1, 5000));
+	cr_assert_eq(t->k.count_at_final, 0, "requests still held at the final event: %llu",
+		     (unsigned long long)t->k.count_at_final);
 	cr_assert_eq(ura_transaction_count(tloop), 0);
 
 	/* Too late to answer; nothing is ended twice, also when the requests go. */
-	ura_msg *answer;
-	cr_assert_eq(ura_msg_new("a", 1, &answer), 0);
-	cr_assert_eq(ura_conn_reply(sv, k.requests[0], answer), -ESHUTDOWN);
-	ura_msg_unref(answer);
-	keeper_drop(&k);
+	cr_assert_eq(answer(t, t->k.requests[0]), -ESHUTDOWN);
+	keeper_drop(&t->k);
 	ura_transaction_begin(tloop);
 	cr_assert_eq(ura_transaction_count(tloop), 1);
 	ura_transaction_end(tloop);
 
 	/* The client (adopted) sees its peer close: every pending reply is told. */
 	for (int i = 0; i < 3; i++) {
-		cr_assert(tloop_until_int(&r[i].calls, 1, 5000));
-		cr_assert_eq(atomic_load(&r[i].invalid), 1);
+		cr_assert(tloop_until_int(&t->r[i].calls, 1, 5000));
+		cr_assert_eq(atomic_load(&t->r[i].invalid), 1);
 	}
-	ura_conn_unref(cl);
-	ura_conn_unref(sv);
-	cr_assert_eq(ura_loop_run(tloop), 0);
-	cr_assert_eq(ura_transaction_count(tloop), 0);
+	txn_end(t);
 }
 
 /* --------------------------------------------- listener and clients, one loop */
@@ -1072,14 +1063,6 @@ static void echo_server_end(struct echo_server *sv, ura_listener *l)
 	ura_listener_unref(l);
 }
 
-static bool run_until(ura_loop *l, const _Atomic int *v, int want, unsigned ms)
-{
-	uint64_t end = th_now_ms() + ms;
-	while (atomic_load(v) < want && th_now_ms() < end)
-		(void)ura_loop_run_once(l, false);
-	return atomic_load(v) >= want;
-}
-
 Test(service, client_and_server_on_one_loop_answer_every_request_once)
 {
 	ura_loop *l;
@@ -1091,11 +1074,8 @@ Test(service, client_and_server_on_one_loop_answer_every_request_once)
 	cr_assert_eq(ura_listener_new(l, addr, echo_accept, &sv, &lst), 0);
 	cr_assert_eq(ura_listener_loop(lst), l);
 
-	ura_conn *c;
 	struct seen sc = { 0 };
-	cr_assert_eq(ura_conn_connect(l, addr, &c), 0);
-	cr_assert_eq(ura_conn_set_event_handler(c, client_event, &sc), 0);
-	ura_conn_activate(c);
+	ura_conn *c = connect_client(l, addr, &sc);
 	static struct reply_rec r[NREQ];
 	memset(r, 0, sizeof(r));
 	int answered = 0;
@@ -1155,16 +1135,13 @@ Test(service, ipv6_loopback_round_trip)
 	cr_assert_eq(strncmp(bound, "tcp:[::1]:", 10), 0, "bound: %s", bound);
 	cr_assert_neq(strcmp(bound, "tcp:[::1]:0"), 0, "port 0 not resolved: %s", bound);
 
-	ura_conn *c;
 	struct seen sc = { 0 };
-	cr_assert_eq(ura_conn_connect(l, bound, &c), 0);
-	cr_assert_eq(ura_conn_set_event_handler(c, client_event, &sc), 0);
-	ura_conn_activate(c);
+	ura_conn *c = connect_client(l, bound, &sc);
 	struct reply_rec a = { 0 }, b = { 0 };
 	request(c, "over v6", &a);
 	request(c, "twice", &b);
-	cr_assert(run_until(l, &a.calls, 1, 5000), "no reply over IPv6");
-	cr_assert(run_until(l, &b.calls, 1, 5000));
+	cr_assert(th_run_until_int(l, &a.calls, 1, 5000), "no reply over IPv6");
+	cr_assert(th_run_until_int(l, &b.calls, 1, 5000));
 	cr_assert_str_eq(a.text, "over v6");
 	cr_assert_str_eq(b.text, "twice");
 	ura_conn_unref(c);
@@ -1190,16 +1167,13 @@ Test(service, a_listener_peer_the_accept_callback_drops_is_closed)
 	_Atomic int accepted = 0;
 	ura_listener *lst;
 	cr_assert_eq(ura_listener_new(l, addr, reject_accept, &accepted, &lst), 0);
-	ura_conn *c;
 	struct seen sc = { 0 };
-	cr_assert_eq(ura_conn_connect(l, addr, &c), 0);
-	cr_assert_eq(ura_conn_set_event_handler(c, client_event, &sc), 0);
-	ura_conn_activate(c);
+	ura_conn *c = connect_client(l, addr, &sc);
 	struct reply_rec r = { 0 };
 	request(c, "ping", &r);
-	cr_assert(run_until(l, &r.calls, 1, 5000), "a rejected peer stayed open");
+	cr_assert(th_run_until_int(l, &r.calls, 1, 5000), "a rejected peer stayed open");
 	cr_assert_eq(atomic_load(&r.interrupted), 1);
-	cr_assert(run_until(l, &sc.interrupted, 1, 5000));
+	cr_assert(th_run_until_int(l, &sc.interrupted, 1, 5000));
 	cr_assert_eq(atomic_load(&accepted), 1);
 	ura_conn_unref(c);
 	ura_listener_unref(lst);

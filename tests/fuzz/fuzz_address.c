@@ -26,16 +26,7 @@
 
 #include "address.h"
 
-#define CHECK(cond)                                                                     \
-	do {                                                                            \
-		if (!(cond)) {                                                          \
-			fprintf(stderr, "invariant failed: %s (%s:%d)\n", #cond,        \
-				__FILE__, __LINE__);                                    \
-			abort();                                                        \
-		}                                                                       \
-	} while (0)
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz.h"
 
 static void check_shape(const struct ura__address *a)
 {

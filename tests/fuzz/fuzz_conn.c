@@ -43,16 +43,7 @@
 #include "loop.h"
 #include "ura.h"
 
-#define CHECK(cond)                                                                     \
-	do {                                                                            \
-		if (!(cond)) {                                                          \
-			fprintf(stderr, "invariant failed: %s (%s:%d)\n", #cond,        \
-				__FILE__, __LINE__);                                    \
-			abort();                                                        \
-		}                                                                       \
-	} while (0)
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz.h"
 
 enum {
 	OPT_LIMIT = 7,

@@ -22,16 +22,7 @@
 
 #include "frame.h"
 
-#define CHECK(cond)                                                                     \
-	do {                                                                            \
-		if (!(cond)) {                                                          \
-			fprintf(stderr, "invariant failed: %s (%s:%d)\n", #cond,        \
-				__FILE__, __LINE__);                                    \
-			abort();                                                        \
-		}                                                                       \
-	} while (0)
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz.h"
 
 /* Limits small enough that inputs reach them; 0 stands for "only empty frames". */
 static const uint32_t limits[8] = {

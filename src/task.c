@@ -355,73 +355,76 @@ bool ura__task_cancel_slot(ura_loop *loop, uint32_t index, struct ura__slot *slo
 	return true;
 }
 
+/* A cancel or resume in progress: the task's slot and state, and the command that will
+ * carry it to the loop (NULL on the loop thread). */
+struct task_call {
+	struct ura__slot *slot;
+	uint64_t gs;
+	bool on_loop;
+	struct ura__cmd *cmd;
+};
+
 /* The common start of cancel and resume: find the task and, off the loop thread,
  * allocate the command before the state changes, so that a change that succeeds cannot
  * then fail to reach the loop. */
-static int prepare_task_call(ura_session *s, ura_task t, struct ura__slot **slot, uint64_t *gs,
-			     bool *on_loop, struct ura__cmd **cmd)
+static int task_call_begin(ura_session *s, ura_task t, struct task_call *call)
 {
 	if (!s || t == 0)
 		return -EINVAL;
-	*slot = find(s, t, gs);
-	if (!*slot)
+	call->slot = find(s, t, &call->gs);
+	if (!call->slot)
 		return -ENOENT;
-	*on_loop = ura__on_loop(s->loop);
-	*cmd = NULL;
-	if (!*on_loop && !(*cmd = ura__malloc(sizeof(**cmd))))
+	call->on_loop = ura__on_loop(s->loop);
+	call->cmd = NULL;
+	if (!call->on_loop && !(call->cmd = ura__malloc(sizeof(*call->cmd))))
 		return -ENOMEM;
 	return 0;
 }
 
 /* Hands a cancel or resume that took effect to the loop thread. */
-static void send_task_command(ura_session *s, ura_task t, struct ura__cmd *cmd, uint8_t kind)
+static void task_call_send(ura_session *s, ura_task t, struct task_call *call, uint8_t kind)
 {
-	cmd->kind = kind;
-	cmd->task = t;
-	cmd->session = s;
-	ura__loop_send(s->loop, cmd);
+	call->cmd->kind = kind;
+	call->cmd->task = t;
+	call->cmd->session = s;
+	ura__loop_send(s->loop, call->cmd);
 }
 
 int ura_task_cancel(ura_session *s, ura_task t)
 {
-	uint64_t gs;
-	struct ura__slot *slot;
-	struct ura__cmd *cmd;
-	bool on_loop;
-	int r = prepare_task_call(s, t, &slot, &gs, &on_loop, &cmd);
+	struct task_call call;
+	int r = task_call_begin(s, t, &call);
 	if (r < 0)
 		return r;
-	r = mark_canceling(slot, ura__handle_gen(t));
+	r = mark_canceling(call.slot, ura__handle_gen(t));
 	if (r < 0) {
-		ura__free(cmd);
+		ura__free(call.cmd);
 		return r;
 	}
-	if (on_loop)
-		cancel_marked(s->loop, ura__handle_index(t), slot, t);
+	if (call.on_loop)
+		cancel_marked(s->loop, ura__handle_index(t), call.slot, t);
 	else
-		send_task_command(s, t, cmd, URA__CMD_CANCEL);
+		task_call_send(s, t, &call, URA__CMD_CANCEL);
 	return 0;
 }
 
 int ura_task_resume(ura_session *s, ura_task t)
 {
-	uint64_t gs;
-	struct ura__slot *slot;
-	struct ura__cmd *cmd;
-	bool on_loop;
-	int r = prepare_task_call(s, t, &slot, &gs, &on_loop, &cmd);
+	struct task_call call;
+	int r = task_call_begin(s, t, &call);
 	if (r < 0)
 		return r;
-	if (ura__gs_state(gs) != URA__SLOT_SUSPENDED ||
+	struct ura__slot *slot = call.slot;
+	if (ura__gs_state(call.gs) != URA__SLOT_SUSPENDED ||
 	    !cas_state(slot, ura__handle_gen(t), URA__SLOT_SUSPENDED, URA__SLOT_PENDING)) {
-		ura__free(cmd);
-		gs = load_gs(slot);
+		ura__free(call.cmd);
+		uint64_t gs = load_gs(slot);
 		if (ura__gs_gen(gs) != ura__handle_gen(t) || ura__gs_state(gs) == URA__SLOT_DONE)
 			return -ENOENT;
 		return -EINVAL;
 	}
-	if (!on_loop)
-		send_task_command(s, t, cmd, URA__CMD_RESUME);
+	if (!call.on_loop)
+		task_call_send(s, t, &call, URA__CMD_RESUME);
 	else if (slot->lflags & URA__TF_LINKED)
 		place_or_backlog(s->loop, ura__handle_index(t), slot, t);
 	/* else its SUBMIT is still in the inbox, and that command will find it PENDING. */

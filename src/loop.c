@@ -370,10 +370,13 @@ static void internal_cqe(ura_loop *loop, uint64_t user_data, int32_t res)
 }
 
 /*
- * Reaps every CQE there is. Each entry is read into registers and the CQ head moved past
- * it before its callback runs, so the kernel may reuse the entry (and never finds the
- * CQ fuller than it is) while callbacks run. The ring has no CQE32 (ring_init does not
- * ask for it), so an entry is one array element.
+ * Reaps every CQE there is. Each entry is read into registers before its callback runs,
+ * and the CQ head is moved once per run of entries, after their callbacks: one store to
+ * the shared ring per run rather than per CQE. Entries not yet released stay reserved;
+ * a kernel that needs room meanwhile (never with DEFER_TASKRUN, whose completions are
+ * posted only inside io_uring_enter) keeps the CQE in its NODROP overflow list, which
+ * the next enter flushes. The ring has no CQE32 (ring_init does not ask for it), so an
+ * entry is one array element.
  */
 static unsigned reap(ura_loop *loop)
 {
@@ -388,18 +391,18 @@ static unsigned reap(ura_loop *loop)
 			break;
 		total += tail - head;
 		do {
-			const struct io_uring_cqe *cqe = &cq->cqes[head & cq->ring_mask];
+			const struct io_uring_cqe *cqe = &cq->cqes[head++ & cq->ring_mask];
 			uint64_t data = cqe->user_data;
 			int32_t res = cqe->res;
 			uint32_t flags = cqe->flags;
-			/* Release: our reads of the entry happen before the kernel may
-			 * overwrite it. */
-			io_uring_smp_store_release(cq->khead, ++head);
 			if (data & URA__TAG_BIT)
 				internal_cqe(loop, data, res);
 			else
 				ura__task_cqe(loop, data, res, flags);
 		} while (head != tail);
+		/* Release: our reads of the entries happen before the kernel may reuse
+		 * them. */
+		io_uring_smp_store_release(cq->khead, head);
 	}
 	return total;
 }

@@ -6,7 +6,7 @@
  * (tasks whose SUBMIT command is in the inbox, get_tasks/flush requests); such a unit is
  * added only by a CAS that sees no invalidation flag (ura__session_count_get), so from
  * the instant invalidation sets its flag nothing new is accepted from any thread. Tasks
- * the loop thread has linked are counted in s->loop_live, a plain counter: that thread
+ * the loop thread has linked are counted in ura__session_live(s), a loop-only counter: that thread
  * also decides the final event, so a task it accepted after seeing no flag is counted
  * before any final check can run. The final event needs both at zero.
  *
@@ -183,7 +183,7 @@ void ura__session_count_put(ura_session *s)
 void ura__session_count_moved(ura_session *s)
 {
 	/* Relaxed: only the loop thread reads the count for the final event, and it is the
-	 * thread doing this; loop_live already holds the task. */
+	 * thread doing this; the live count already holds the task. */
 	atomic_fetch_sub_explicit(&s->state, 1, memory_order_relaxed);
 }
 
@@ -213,13 +213,15 @@ static bool older_tasks_done(ura_session *s, uint32_t limit)
 static void reset_stats(ura_session *s)
 {
 	struct ura__session_counters *c = &s->stats;
-	ura__stat_set(&c->submitted, 0);
+	/* Release: a reader that sees the new base (acquire) sees a count at least as new. */
+	atomic_store_explicit(&c->submitted_base, atomic_load_explicit(&c->submitted, memory_order_relaxed),
+			      memory_order_release);
 	ura__stat_set(&c->completed, 0);
 	ura__stat_set(&c->cancelled, 0);
 	ura__stat_set(&c->cancel_ok, 0);
 	ura__stat_set(&c->cancel_enoent, 0);
 	ura__stat_set(&c->cancel_ealready, 0);
-	s->peak_live = s->loop_live;
+	s->peak_live = ura__session_live(s);
 	ura__stat_set(&c->peak_in_flight, s->peak_live);
 	ura__free(s->scratch);
 	s->scratch = NULL;
@@ -249,7 +251,7 @@ void ura__session_after_task(ura_session *s)
 {
 	if (s->barriers)
 		run_due_barriers(s);
-	if (s->loop_live == 0 && s->invalidating)
+	if (ura__session_live(s) == 0 && s->invalidating)
 		maybe_final(s);
 }
 
@@ -346,7 +348,7 @@ static void cancel_all(ura_session *s)
 static void maybe_final(ura_session *s)
 {
 	uint64_t st = atomic_load_explicit(&s->state, memory_order_acquire);
-	if (!s->invalidating || (st & URA__SS_FINAL) || (st & URA__SS_COUNT) || s->loop_live ||
+	if (!s->invalidating || (st & URA__SS_FINAL) || (st & URA__SS_COUNT) || ura__session_live(s) ||
 	    s->cancels_in_flight || s->retry_armed)
 		return;
 	ura_loop *loop = s->loop;
@@ -564,7 +566,7 @@ static int send_request(ura_session *s, uint8_t kind, uint8_t variant, void *fn,
 	 * exact now (later submits link at once, ahead of this command): remember where it
 	 * ends. From another thread, tasks that thread submitted earlier are ahead of this
 	 * command in the inbox, so the list when the command runs is the right bound. */
-	cmd->task = ura__on_loop(s->loop) ? (uint64_t)s->next_seq + 1 : 0;
+	cmd->task = ura__on_loop(s->loop) ? (uint64_t)ura__session_next_seq(s) + 1 : 0;
 	/* Always through the inbox, also on the loop thread: the answer is asynchronous. */
 	ura__loop_send(s->loop, cmd);
 	return 0;
@@ -659,7 +661,7 @@ void ura__session_command(struct ura__cmd *cmd)
 	struct ura__barrier *b = ura__malloc(sizeof(*b));
 	if (!b) {
 		/* No memory to wait: answer now only if nothing is pending, else retry. */
-		if (older_tasks_done(s, cmd->task ? (uint32_t)(cmd->task - 1) : s->next_seq)) {
+		if (older_tasks_done(s, cmd->task ? (uint32_t)(cmd->task - 1) : ura__session_next_seq(s))) {
 			if (cmd->variant == BARRIER_RESET)
 				reset_stats(s);
 			((void (*)(ura_session *, void *))cmd->fn)(s, cmd->arg);
@@ -671,7 +673,7 @@ void ura__session_command(struct ura__cmd *cmd)
 		return;
 	}
 	b->next = NULL;
-	b->seq_limit = cmd->task ? (uint32_t)(cmd->task - 1) : s->next_seq;
+	b->seq_limit = cmd->task ? (uint32_t)(cmd->task - 1) : ura__session_next_seq(s);
 	b->reset = cmd->variant == BARRIER_RESET;
 	b->fn = (void (*)(ura_session *, void *))cmd->fn;
 	b->arg = cmd->arg;
@@ -689,9 +691,13 @@ int ura_session_stats(ura_session *s, struct ura_session_stats *out)
 	if (!s || !out)
 		return -EINVAL;
 	const struct ura__session_counters *c = &s->stats;
+	/* Acquire: pairs with reset's release, so the count read next is not older than
+	 * the base (the difference never goes below zero). */
+	uint64_t base = atomic_load_explicit(&c->submitted_base, memory_order_acquire);
+	uint64_t submitted = atomic_load_explicit(&c->submitted, memory_order_relaxed) - base;
 #define LOAD(f) atomic_load_explicit(&c->f, memory_order_relaxed)
 	*out = (struct ura_session_stats){
-		.submitted = LOAD(submitted),
+		.submitted = submitted,
 		.completed = LOAD(completed),
 		.cancelled = LOAD(cancelled),
 		.cancel_ok = LOAD(cancel_ok),

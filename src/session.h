@@ -13,7 +13,7 @@
 /*
  * The session's state word: flag bits on top, below them the units of work accepted by
  * other threads and not yet taken over by the loop (tasks whose SUBMIT is in the inbox,
- * get_tasks/flush requests). Tasks linked on the loop thread are counted in loop_live. Submit and invalidation meet here, lock-free: a submit adds one
+ * get_tasks/flush requests). Tasks linked on the loop thread are counted in stats.in_flight (ura__session_live). Submit and invalidation meet here, lock-free: a submit adds one
  * to the count only while no invalidation bit is set (CAS), and invalidation sets a bit
  * (fetch_or). Whichever comes first in the word's modification order wins: the submit is
  * refused, or it is counted and the final event waits for it.
@@ -27,7 +27,9 @@
 /* Stats written by the loop thread only, read by any thread: relaxed atomics so a
  * reader gets torn-free values without slowing the single writer. */
 struct ura__session_counters {
-	_Atomic uint64_t submitted, completed, cancelled;
+	/* submitted counts from the session's creation (it also numbers the tasks, see
+	 * slot->seq); the stat is submitted - submitted_base, the base set by reset. */
+	_Atomic uint64_t submitted, submitted_base, completed, cancelled;
 	_Atomic uint64_t cancel_ok, cancel_enoent, cancel_ealready;
 	_Atomic uint64_t in_flight, peak_in_flight;
 	_Atomic uint64_t invalidate_to_final_ns;
@@ -56,10 +58,8 @@ struct ura_session {
 	char *description;
 
 	/* Loop thread only. */
-	uint64_t loop_live;              /* tasks the loop has linked and not finished */
-	uint64_t peak_live;              /* the largest loop_live since creation or reset */
+	uint64_t peak_live;              /* the largest live count since creation or reset */
 	uint32_t task_head, task_tail;   /* index + 1 of the oldest/newest live task */
-	uint32_t next_seq;
 	uint64_t cancels_in_flight;      /* ASYNC_CANCEL SQEs queued or in flight */
 	bool retry_armed;                /* its cancel-retry timer is in the ring */
 	uint32_t retry_ms;               /* the next retry's delay; 0: start over */
@@ -91,7 +91,7 @@ int ura__session_count_get(ura_session *s);
 void ura__session_count_put(ura_session *s);
 /* The same from another thread; cmd (owned, never NULL) carries the check if needed. */
 void ura__session_count_put_remote(ura_session *s, struct ura__cmd *cmd);
-/* A task counted by another thread is now linked (counted in loop_live). Loop thread. */
+/* A task counted by another thread is now linked (counted as live). Loop thread. */
 void ura__session_count_moved(ura_session *s);
 
 /* Stats have one writer, the loop thread; any thread reads them. Relaxed: a reader
@@ -106,6 +106,13 @@ static inline void ura__stat_bump(_Atomic uint64_t *c)
 	ura__stat_set(c, atomic_load_explicit(c, memory_order_relaxed) + 1);
 }
 
+/* Tasks the loop has linked and not finished. Kept in the in_flight stat itself (one
+ * counter, one store per change); only the loop thread writes it. Loop thread. */
+static inline uint64_t ura__session_live(ura_session *s)
+{
+	return atomic_load_explicit(&s->stats.in_flight, memory_order_relaxed);
+}
+
 /* A slot on s's task list, named by index + 1 (never 0). Loop thread. */
 static inline struct ura__slot *ura__session_slot(ura_session *s, uint32_t index1)
 {
@@ -115,11 +122,14 @@ static inline struct ura__slot *ura__session_slot(ura_session *s, uint32_t index
 /*
  * Task accounting, called by task.c on the loop thread for every task, so inline. The
  * list links are relaxed atomics only because next doubles as the registry's free-list
- * link (registry.h); only the loop thread touches them while the task is live.
+ * link (registry.h); only the loop thread touches them while the task is live. The
+ * caller sets URA__TF_LINKED with the slot's other flags (one store).
  */
 static inline void ura__session_task_linked(ura_session *s, uint32_t index, struct ura__slot *slot)
 {
-	slot->seq = s->next_seq++;
+	uint64_t n = atomic_load_explicit(&s->stats.submitted, memory_order_relaxed);
+	slot->seq = (uint32_t)n;
+	ura__stat_set(&s->stats.submitted, n + 1);
 	slot->prev = s->task_tail;
 	atomic_store_explicit(&slot->next, 0, memory_order_relaxed);
 	if (s->task_tail)
@@ -128,13 +138,12 @@ static inline void ura__session_task_linked(ura_session *s, uint32_t index, stru
 	else
 		s->task_head = index + 1;
 	s->task_tail = index + 1;
-	slot->lflags |= URA__TF_LINKED;
 	s->loop->live_tasks++;
-	ura__stat_bump(&s->stats.submitted);
-	/* in_flight mirrors loop_live; the peak is compared on a loop-thread copy. */
-	ura__stat_set(&s->stats.in_flight, ++s->loop_live);
-	if (s->loop_live > s->peak_live)
-		ura__stat_set(&s->stats.peak_in_flight, s->peak_live = s->loop_live);
+	uint64_t live = ura__session_live(s) + 1;
+	ura__stat_set(&s->stats.in_flight, live);
+	/* The peak is compared on a loop-thread copy, stored only when it grows. */
+	if (live > s->peak_live)
+		ura__stat_set(&s->stats.peak_in_flight, s->peak_live = live);
 }
 
 static inline void ura__session_task_unlink(ura_session *s, struct ura__slot *slot)
@@ -149,7 +158,8 @@ static inline void ura__session_task_unlink(ura_session *s, struct ura__slot *sl
 		ura__session_slot(s, next)->prev = slot->prev;
 	else
 		s->task_tail = slot->prev;
-	slot->lflags &= (uint8_t)~URA__TF_LINKED;
+	/* URA__TF_LINKED stays set: the slot is freed next, and its flags are rewritten
+	 * whole when it is used again (a store saved on every task). */
 }
 
 /* Frees the SQE copy a task kept while pending or suspended (task.c). */
@@ -157,13 +167,21 @@ void ura__task_drop_pending(struct ura__slot *slot);
 /* Runs due barriers and, when nothing is left, the final event (session.c). */
 void ura__session_after_task(ura_session *s);
 
+/* The sequence number the next task of s will get. Loop thread. */
+static inline uint32_t ura__session_next_seq(ura_session *s)
+{
+	return (uint32_t)atomic_load_explicit(&s->stats.submitted, memory_order_relaxed);
+}
+
 /* After a task's terminal call: task_did_complete, unlink, free the slot, release the
- * count, run due barriers, and emit the final event if it was the last. */
-static inline void ura__session_task_finished(ura_session *s, uint32_t index,
-					      struct ura__slot *slot, ura_task t, int32_t res,
-					      bool cancelled)
+ * count, run due barriers, and emit the final event if it was the last. The caller
+ * counted a cancelled task in stats.cancelled before the terminal call, so that nothing
+ * but the handle and result has to be kept across it. */
+static inline void ura__session_task_finished(ura_session *s, struct ura__slot *slot,
+					      ura_task t, int32_t res)
 {
 	ura_loop *loop = s->loop;
+	uint32_t index = ura__handle_index(t);
 	if (s->delegate.task_did_complete)
 		s->delegate.task_did_complete(s, t, res, s->ctx);
 	if (slot->lflags & URA__TF_HAS_PENDING)
@@ -172,10 +190,9 @@ static inline void ura__session_task_finished(ura_session *s, uint32_t index,
 	loop->live_tasks--;
 	ura__registry_free(&loop->registry, index);
 	ura__stat_bump(&s->stats.completed);
-	if (cancelled)
-		ura__stat_bump(&s->stats.cancelled);
-	ura__stat_set(&s->stats.in_flight, --s->loop_live);
-	if (s->barriers || (s->loop_live == 0 && s->invalidating))
+	uint64_t live = ura__session_live(s) - 1;
+	ura__stat_set(&s->stats.in_flight, live);
+	if (s->barriers || (live == 0 && s->invalidating))
 		ura__session_after_task(s);
 }
 

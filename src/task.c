@@ -119,6 +119,7 @@ static int accept_on_loop(ura_loop *loop, uint32_t index, struct ura__slot *slot
 		/* Fast path: nobody else knows the handle yet, so no CAS is needed. */
 		fill_sqe(io_uring_get_sqe(&loop->ring), sqe, ts, slot, t);
 		set_state(slot, gen, URA__SLOT_RUNNING);
+		slot->lflags |= URA__TF_LINKED;
 		ura__session_task_linked(s, index, slot);
 		return 0;
 	}
@@ -130,6 +131,7 @@ static int accept_on_loop(ura_loop *loop, uint32_t index, struct ura__slot *slot
 		cmd->ts = *ts;
 	keep_pending(slot, cmd);
 	set_state(slot, gen, suspended ? URA__SLOT_SUSPENDED : URA__SLOT_PENDING);
+	slot->lflags |= URA__TF_LINKED;
 	ura__session_task_linked(s, index, slot);
 	if (!suspended)
 		backlog_add(loop, slot, t);
@@ -151,7 +153,7 @@ int ura__submit_ts(ura_session *s, const struct io_uring_sqe *sqe, unsigned flag
 	/* Early out, before s->loop is touched (it may be freed once the session is final).
 	 * On the loop thread this is also the authoritative check: acceptance and the final
 	 * event are both decided on that thread, and an accepted task is counted in
-	 * s->loop_live before any check for the final event can run, so no atomic
+	 * the session's live count before any check for the final event can run, so no atomic
 	 * read-modify-write is needed. Another thread counts itself in s->state instead
 	 * (ura__session_count_get), by a CAS that an invalidation flag makes fail. */
 	if (atomic_load_explicit(&s->state, memory_order_acquire) & URA__SS_FLAGS)
@@ -261,12 +263,13 @@ void ura__task_finish_now(ura_loop *loop, uint32_t index, struct ura__slot *slot
 	ura_session *s = atomic_load_explicit(&slot->session, memory_order_relaxed);
 	uint64_t gs = load_gs(slot);
 	uint32_t gen = ura__gs_gen(gs);
-	bool cancelled = ura__gs_state(gs) == URA__SLOT_CANCELING;
+	if (ura__gs_state(gs) == URA__SLOT_CANCELING)
+		ura__stat_bump(&s->stats.cancelled);
 	ura_task t = ura__handle_make(&loop->registry, gen, index);
 	set_state(slot, gen, URA__SLOT_DONE);
 	if (slot->fn)
 		slot->fn(s, t, res, 0, slot->arg);
-	ura__session_task_finished(s, index, slot, t, res, cancelled);
+	ura__session_task_finished(s, slot, t, res);
 }
 
 /* Queues an ASYNC_CANCEL for t if the SQ has room (the cancel headroom is theirs). */
@@ -453,7 +456,8 @@ static void command_submit(ura_loop *loop, struct ura__cmd *cmd)
 	keep_pending(slot, cmd);
 	ura_session *s = cmd->session;
 	ura__session_task_linked(s, index, slot);
-	ura__session_count_moved(s); /* now counted in s->loop_live */
+	slot->lflags |= URA__TF_LINKED;
+	ura__session_count_moved(s); /* now counted as live */
 	if (s->cancel_all_done) {
 		/* Accepted before the session's cancel bit was set, seen after its cancel-all
 		 * ran: cancel it like the rest. */

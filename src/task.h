@@ -54,7 +54,7 @@ static inline int ura__fast_commit(struct ura__fast *f, ura_task_fn fn, void *ar
 	slot->fn = fn;
 	slot->arg = arg;
 	slot->opcode = f->sqe->opcode;
-	slot->lflags = URA__TF_IN_RING;
+	slot->lflags = URA__TF_IN_RING | URA__TF_LINKED; /* linked just below */
 	io_uring_sqe_set_data64(f->sqe, t);
 	/* Release: publishes the fields above with the state (see task.c, load_gs). Nobody
 	 * else knows the handle yet, so a plain store suffices; no CAS. */
@@ -88,15 +88,17 @@ static inline void ura__task_cqe(ura_loop *loop, uint64_t user_data, int32_t res
 	/* Acquire: a canceller's CAS to CANCELING is read here (nothing it wrote before is
 	 * needed, but the state must be its latest). */
 	uint64_t gs = atomic_load_explicit(&slot->gen_state, memory_order_acquire);
-	bool cancelled = ura__gs_state(gs) == URA__SLOT_CANCELING;
+	if (ura__gs_state(gs) == URA__SLOT_CANCELING)
+		ura__stat_bump(&s->stats.cancelled);
 	/* Release, plain store: DONE is the loop's to set; a cancel racing it finds the
 	 * task finished (-ENOENT) or won just before, which the contract allows. */
 	atomic_store_explicit(&slot->gen_state, ura__gs_make(ura__handle_gen(t), URA__SLOT_DONE),
 			      memory_order_release);
-	slot->lflags &= (uint8_t)~URA__TF_IN_RING;
+	/* URA__TF_IN_RING stays set: nothing acts on a DONE task's flags (every cancel and
+	 * resume path checks the state first), and the slot is freed after the calls. */
 	if (slot->fn)
 		slot->fn(s, t, res, flags, slot->arg);
-	ura__session_task_finished(s, index, slot, t, res, cancelled);
+	ura__session_task_finished(s, slot, t, res);
 }
 /* URA__DEFER_CANCELLED: a task cancelled before reaching the ring. Loop thread. */
 void ura__task_deferred_cancel(ura_loop *loop, ura_task t);

@@ -533,6 +533,11 @@ static void io_session_invalid(ura_session *s, int error, void *ctx)
 {
 	(void)s;
 	ura_conn *c = ctx;
+	/* Every way here sets cancelled first, except the loop's end (its sessions are
+	 * invalidated directly): set it now, before the final event, so later sends are
+	 * refused without touching the loop, and the pairing in send_common holds.
+	 * seq_cst: the store half of that pairing. */
+	atomic_store_explicit(&c->cancelled, true, memory_order_seq_cst);
 	/* A negative error: the loop is being freed. A final event held for a resume could
 	 * never be delivered after that, so it goes now. */
 	c->loop_ending = error < 0;

@@ -338,6 +338,9 @@ static unsigned run_deferred(ura_loop *loop)
 		struct ura__deferred *d = (struct ura__deferred *)batch.items + i;
 		if (d->kind == URA__DEFER_CANCELLED) {
 			ura__task_deferred_cancel(loop, d->task);
+		} else if (d->kind == URA__DEFER_RETRY_CHECK) {
+			ura__session_retry_check(d->session);
+			ura_session_unref(d->session);
 		} else {
 			ura__session_check(d->session);
 			ura_session_unref(d->session);
@@ -372,11 +375,13 @@ static void internal_cqe(ura_loop *loop, uint64_t user_data, int32_t res)
 /*
  * Reaps every CQE there is. Each entry is read into registers before its callback runs,
  * and the CQ head is moved once per run of entries, after their callbacks: one store to
- * the shared ring per run rather than per CQE. Entries not yet released stay reserved;
- * a kernel that needs room meanwhile (never with DEFER_TASKRUN, whose completions are
- * posted only inside io_uring_enter) keeps the CQE in its NODROP overflow list, which
- * the next enter flushes. The ring has no CQE32 (ring_init does not ask for it), so an
- * entry is one array element.
+ * the shared ring per run rather than per CQE. Entries not yet released stay reserved.
+ * With DEFER_TASKRUN the kernel posts completions only inside io_uring_enter, so this
+ * costs nothing. Without it (COOP or plain rings) a completion posted while callbacks
+ * run finds fewer free entries and may go to the NODROP overflow list, which the next
+ * enter flushes; a multishot request whose extra CQE overflows is ended by the kernel
+ * and reports that in its last CQE (no IORING_CQE_F_MORE), as with any overflow. The
+ * ring has no CQE32 (ring_init does not ask for it), so an entry is one array element.
  */
 static unsigned reap(ura_loop *loop)
 {
@@ -575,7 +580,7 @@ void ura_loop_free(ura_loop *loop)
 	}
 	for (uint32_t i = 0; i < loop->deferred.len; i++) {
 		struct ura__deferred *d = (struct ura__deferred *)loop->deferred.items + i;
-		if (d->kind == URA__DEFER_SESSION)
+		if (d->kind != URA__DEFER_CANCELLED) /* SESSION, RETRY_CHECK: a reference */
 			ura_session_unref(d->session);
 	}
 	ura__session_release_shared(loop);

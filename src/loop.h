@@ -21,6 +21,8 @@
 #define URA__TAG_CANCEL (URA__TAG_BIT | (1ull << 62))
 /* A session's cancel-retry timer (session.c): the tag plus the session pointer. */
 #define URA__TAG_RETRY (URA__TAG_BIT | (1ull << 61))
+/* A runtime SQE whose CQE needs no action (a timer's removal). */
+#define URA__TAG_IGNORE (URA__TAG_BIT | 4ull)
 
 /* Commands sent to the loop thread through the inbox. */
 enum ura__cmd_kind {
@@ -53,7 +55,7 @@ struct ura__deferred {
 	ura_task task;
 	ura_session *session;
 };
-enum { URA__DEFER_CANCELLED, URA__DEFER_SESSION };
+enum { URA__DEFER_CANCELLED, URA__DEFER_SESSION, URA__DEFER_RETRY_CHECK };
 
 /* A per-task ASYNC_CANCEL waiting for SQ room. */
 struct ura__cancel_req {

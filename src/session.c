@@ -247,12 +247,17 @@ static void run_due_barriers(ura_session *s)
 
 static void maybe_final(ura_session *s);
 
+static void remove_cancel_retry(ura_session *s);
+
 void ura__session_after_task(ura_session *s)
 {
 	if (s->barriers)
 		run_due_barriers(s);
-	if (ura__session_live(s) == 0 && s->invalidating)
+	if (ura__session_live(s) == 0 && s->invalidating) {
+		if (s->retry_armed && !s->retry_removing)
+			remove_cancel_retry(s); /* nothing left to cancel: end the wait */
 		maybe_final(s);
+	}
 }
 
 /* ------------------------------------------------------- cancel retries */
@@ -262,10 +267,15 @@ void ura__session_after_task(ura_session *s)
  * request is between states at that instant (completing, re-arming its poll after a
  * wakeup that found nothing to read, running in io-wq). If it was completing, its CQE
  * follows; if it went back to waiting, nothing more would come, and neither would the
- * task's terminal call nor its session's final event. So a miss arms a short timer, and
- * when it fires every task of the session still cancelling in the ring is cancelled
- * again. The delay doubles while retries keep finding such tasks (a request io-wq cannot
- * interrupt must not make the loop spin) and starts over once a retry finds none.
+ * task's terminal call nor its session's final event.
+ *
+ * Most misses are the first kind (a cancel racing a completion), so a miss only asks for
+ * a check at the next drain, once the CQEs reaped with it have run: if a task of the
+ * session is still cancelling in the ring then, a short timer is armed, and when it
+ * fires every such task is cancelled again. The delay doubles while retries keep finding
+ * such tasks (a request io-wq cannot interrupt must not make the loop spin) and starts
+ * over once a retry finds none. When the session's last task ends, the timer is removed,
+ * so its final event does not wait out the delay.
  */
 #define RETRY_FIRST_MS 1u
 #define RETRY_MAX_MS 128u
@@ -281,6 +291,19 @@ static unsigned recancel_all(ura_session *s)
 		i1 = next;
 	}
 	return n;
+}
+
+/* True when a task of s is still cancelling with its SQE in the ring. */
+static bool cancel_pending_in_ring(ura_session *s)
+{
+	for (uint32_t i1 = s->task_head; i1;) {
+		struct ura__slot *slot = slot_of(s, i1);
+		uint64_t gs = atomic_load_explicit(&slot->gen_state, memory_order_acquire);
+		if (ura__gs_state(gs) == URA__SLOT_CANCELING && (slot->lflags & URA__TF_IN_RING))
+			return true;
+		i1 = atomic_load_explicit(&slot->next, memory_order_relaxed);
+	}
+	return false;
 }
 
 static void arm_cancel_retry(ura_session *s)
@@ -301,9 +324,32 @@ static void arm_cancel_retry(ura_session *s)
 	loop->retry_timers++;
 }
 
+/* Removes the armed timer early (the session has no task left): its CQE, -ECANCELED,
+ * then comes at once. Without an SQE it simply runs out. */
+static void remove_cancel_retry(ura_session *s)
+{
+	struct io_uring_sqe *q = ura__loop_cancel_sqe(s->loop);
+	if (!q)
+		return;
+	io_uring_prep_timeout_remove(q, URA__TAG_RETRY | (uint64_t)(uintptr_t)s, 0);
+	io_uring_sqe_set_data64(q, URA__TAG_IGNORE);
+	s->retry_removing = true;
+}
+
+void ura__session_retry_check(ura_session *s)
+{
+	s->retry_check_pending = false;
+	if (!s->retry_armed && !(atomic_load_explicit(&s->state, memory_order_acquire) &
+				 URA__SS_FINAL) && cancel_pending_in_ring(s))
+		arm_cancel_retry(s);
+	if (s->invalidating)
+		maybe_final(s);
+}
+
 void ura__session_retry_fired(ura_session *s)
 {
 	s->retry_armed = false;
+	s->retry_removing = false;
 	s->loop->retry_timers--;
 	if (recancel_all(s))
 		s->retry_ms = s->retry_ms * 2 < RETRY_MAX_MS ? s->retry_ms * 2 : RETRY_MAX_MS;
@@ -323,8 +369,16 @@ void ura__session_cancel_reaped(ura_session *s, int32_t res)
 		ura__stat_bump(&s->stats.cancel_ealready);
 	s->cancels_in_flight--;
 	s->loop->cancels_in_flight--;
-	if (res != 0 && !s->retry_armed)
-		arm_cancel_retry(s);
+	if (res != 0 && !s->retry_armed && !s->retry_check_pending) {
+		s->retry_check_pending = true;
+		ura_session_ref(s); /* until the check ran */
+		if (ura__loop_defer(s->loop, URA__DEFER_RETRY_CHECK, 0, s) < 0) {
+			/* No memory to defer the check: arm the timer now instead. */
+			ura_session_unref(s);
+			s->retry_check_pending = false;
+			arm_cancel_retry(s);
+		}
+	}
 	if (s->invalidating)
 		maybe_final(s);
 }
@@ -349,7 +403,7 @@ static void maybe_final(ura_session *s)
 {
 	uint64_t st = atomic_load_explicit(&s->state, memory_order_acquire);
 	if (!s->invalidating || (st & URA__SS_FINAL) || (st & URA__SS_COUNT) || ura__session_live(s) ||
-	    s->cancels_in_flight || s->retry_armed)
+	    s->cancels_in_flight || s->retry_armed || s->retry_check_pending)
 		return;
 	ura_loop *loop = s->loop;
 	/* Set FINAL before the call: nothing of this session may run after it. */
@@ -476,6 +530,8 @@ void ura__session_abandon_all(ura_loop *loop)
 		if (!found)
 			return;
 		found->cancels_in_flight = 0;
+		found->retry_check_pending = false; /* dropped with the deferred work */
+		found->retry_removing = false;
 		if (found->retry_armed) { /* the ring took its timer with it */
 			found->retry_armed = false;
 			loop->retry_timers--;

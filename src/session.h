@@ -62,6 +62,8 @@ struct ura_session {
 	uint32_t task_head, task_tail;   /* index + 1 of the oldest/newest live task */
 	uint64_t cancels_in_flight;      /* ASYNC_CANCEL SQEs queued or in flight */
 	bool retry_armed;                /* its cancel-retry timer is in the ring */
+	bool retry_removing;             /* ...and a TIMEOUT_REMOVE for it too */
+	bool retry_check_pending;        /* a missed cancel's check waits for the next drain */
 	uint32_t retry_ms;               /* the next retry's delay; 0: start over */
 	struct __kernel_timespec retry_ts; /* read by the kernel when the timer is submitted */
 	bool cancel_all_done;            /* live tasks were cancelled for URA__SS_CANCEL */
@@ -198,6 +200,9 @@ static inline void ura__session_task_finished(ura_session *s, struct ura__slot *
 
 /* A cancel CQE (res) for one of s's tasks was reaped. */
 void ura__session_cancel_reaped(ura_session *s, int32_t res);
+/* After a missed cancel (deferred to the next drain): arms the retry timer if a task of
+ * s is still cancelling in the ring. Loop thread. */
+void ura__session_retry_check(ura_session *s);
 /* s's cancel-retry timer fired: cancels again what is still cancelling. Loop thread. */
 void ura__session_retry_fired(ura_session *s);
 

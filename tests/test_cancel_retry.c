@@ -12,6 +12,7 @@
 
 #include "fault.h"
 #include "helpers.h"
+#include "loop.h" /* loop->retry_timers: whether a retry timer is armed */
 
 struct pipe_read {
 	int fds[2];
@@ -129,6 +130,61 @@ Test(cancel_retry, a_cancel_racing_completion_ends_the_task_once)
 	cr_assert(p.calls.last_res == 1 || p.calls.last_res == -ECANCELED, "res %d",
 		  p.calls.last_res);
 	cr_assert_eq(d.finals, 1);
+	ura_session_unref(s);
+	ura_loop_free(loop);
+	close_pipe(&p);
+}
+
+/* The common miss: the cancel races a task that is completing anyway (a NOP completes
+ * during the submit its cancel follows). Its CQE comes with the cancel's, so no retry
+ * timer is armed and nothing waits for one. */
+Test(cancel_retry, a_miss_on_a_finished_task_arms_no_timer)
+{
+	ura_loop *loop;
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	ura_session *s = ura_session_shared(loop);
+	for (int i = 0; i < 20; i++) {
+		struct th_calls calls = { 0 };
+		ura_task t;
+		cr_assert_eq(ura_nop(s, th_record, &calls, &t), 0);
+		cr_assert_eq(ura_task_cancel(s, t), 0);
+		cr_assert_eq(th_run_until_count(loop, &calls.terminal, 1, 5000), 1);
+		(void)ura_loop_run_once(loop, false); /* the deferred check of the miss */
+		cr_assert_eq(loop->retry_timers, 0, "round %d: a timer for a finished task", i);
+		cr_assert_eq(calls.calls, 1);
+	}
+	struct ura_session_stats st = stats_of(s);
+	cr_assert_eq(st.cancel_ok + st.cancel_enoent + st.cancel_ealready, 20);
+	ura_loop_free(loop);
+}
+
+/* A retry timer is armed (the cancel missed and the read still waits), then the read
+ * completes by itself: the task ends once with its data, the timer is removed, and the
+ * session still gets its one final event. */
+Test(cancel_retry, a_task_ending_by_itself_after_a_miss_ends_once_and_the_session_finishes)
+{
+	ura_loop *loop;
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	struct th_delegate d = { 0 };
+	ura_session *s;
+	cr_assert_eq(ura_session_new(loop, &th_delegate_fns, &d, &s), 0);
+	struct pipe_read p = { 0 };
+	start_read(s, &p);
+	th_spin(loop, 5);
+	ura__fault_arm(URA__FAULT_CANCEL_MISS, 1, 1, 1000000); /* every cancel misses */
+	ura_session_invalidate_and_cancel(s);
+	for (int i = 0; i < 1000 && !loop->retry_timers; i++)
+		(void)ura_loop_run_once(loop, false);
+	bool armed = loop->retry_timers == 1;
+	cr_assert_eq(write(p.fds[1], "x", 1), 1);
+	bool final = th_run_until(loop, &d.final_seen, 5000);
+	ura__fault_disarm_all();
+	cr_assert(armed, "no retry timer after the miss");
+	cr_assert(final, "no final event");
+	cr_assert_eq(p.calls.terminal, 1);
+	cr_assert_eq(p.calls.last_res, 1, "res %d", p.calls.last_res);
+	cr_assert_eq(d.finals, 1);
+	cr_assert_eq(loop->retry_timers, 0);
 	ura_session_unref(s);
 	ura_loop_free(loop);
 	close_pipe(&p);

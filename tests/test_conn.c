@@ -533,6 +533,25 @@ Test(conn, a_suspended_connection_still_ends_when_the_loop_is_freed)
 	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
 }
 
+/* A connection the loop's end reaches with no I/O to cancel (never activated): later
+ * calls are refused without touching the freed loop (ASan would see it). */
+Test(conn, a_never_activated_connection_refuses_sends_after_the_loop_is_freed)
+{
+	struct seen sa = { 0 };
+	int peer;
+	ura_conn *a = adopted(&sa, &peer);
+	ura_loop_free(loop);
+	cr_assert_eq(atomic_load(&sa.invalid), 1, "the loop's end must reach it");
+	cr_assert_eq(send_text(a, "after"), -ESHUTDOWN);
+	struct reply_rec r = { 0 };
+	ura_msg *m = msg("after");
+	cr_assert_eq(ura_conn_send_with_reply(a, m, on_reply, &r), -ESHUTDOWN);
+	ura_msg_unref(m);
+	ura_conn_unref(a);
+	close(peer);
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+}
+
 struct holder {
 	ura_msg *req;
 };

@@ -42,6 +42,29 @@ static struct ura_session_stats stats_of(ura_session *s)
 	return st;
 }
 
+/* A loop, a session with a recording delegate, and one read waiting on an empty pipe. */
+struct one_read {
+	ura_loop *loop;
+	struct th_delegate d;
+	ura_session *s;
+	struct pipe_read p;
+};
+
+static void one_read_start(struct one_read *f)
+{
+	cr_assert_eq(ura_loop_new(NULL, &f->loop), 0);
+	cr_assert_eq(ura_session_new(f->loop, &th_delegate_fns, &f->d, &f->s), 0);
+	start_read(f->s, &f->p);
+	th_spin(f->loop, 5); /* the read is in the kernel, waiting */
+}
+
+static void one_read_end(struct one_read *f)
+{
+	ura_session_unref(f->s);
+	ura_loop_free(f->loop);
+	close_pipe(&f->p);
+}
+
 Test(cancel_retry, a_missed_task_cancel_is_sent_again)
 {
 	ura_loop *loop;
@@ -114,25 +137,17 @@ Test(cancel_retry, repeated_misses_back_off_and_the_session_still_finishes)
  * task still ends exactly once and the session still finishes. */
 Test(cancel_retry, a_cancel_racing_completion_ends_the_task_once)
 {
-	ura_loop *loop;
-	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
-	struct th_delegate d = { 0 };
-	ura_session *s;
-	cr_assert_eq(ura_session_new(loop, &th_delegate_fns, &d, &s), 0);
-	struct pipe_read p = { 0 };
-	start_read(s, &p);
-	th_spin(loop, 5);
+	struct one_read f = { 0 };
+	one_read_start(&f);
 	/* Data arrives and the cancel is asked for before the loop sees the completion. */
-	cr_assert_eq(write(p.fds[1], "x", 1), 1);
-	ura_session_invalidate_and_cancel(s);
-	cr_assert(th_run_until(loop, &d.final_seen, 5000), "no final event");
-	cr_assert_eq(p.calls.terminal, 1);
-	cr_assert(p.calls.last_res == 1 || p.calls.last_res == -ECANCELED, "res %d",
-		  p.calls.last_res);
-	cr_assert_eq(d.finals, 1);
-	ura_session_unref(s);
-	ura_loop_free(loop);
-	close_pipe(&p);
+	cr_assert_eq(write(f.p.fds[1], "x", 1), 1);
+	ura_session_invalidate_and_cancel(f.s);
+	cr_assert(th_run_until(f.loop, &f.d.final_seen, 5000), "no final event");
+	cr_assert_eq(f.p.calls.terminal, 1);
+	cr_assert(f.p.calls.last_res == 1 || f.p.calls.last_res == -ECANCELED, "res %d",
+		  f.p.calls.last_res);
+	cr_assert_eq(f.d.finals, 1);
+	one_read_end(&f);
 }
 
 /* The common miss: the cancel races a task that is completing anyway (a NOP completes
@@ -163,29 +178,21 @@ Test(cancel_retry, a_miss_on_a_finished_task_arms_no_timer)
  * session still gets its one final event. */
 Test(cancel_retry, a_task_ending_by_itself_after_a_miss_ends_once_and_the_session_finishes)
 {
-	ura_loop *loop;
-	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
-	struct th_delegate d = { 0 };
-	ura_session *s;
-	cr_assert_eq(ura_session_new(loop, &th_delegate_fns, &d, &s), 0);
-	struct pipe_read p = { 0 };
-	start_read(s, &p);
-	th_spin(loop, 5);
+	struct one_read f = { 0 };
+	one_read_start(&f);
 	ura__fault_arm(URA__FAULT_CANCEL_MISS, 1, 1, 1000000); /* every cancel misses */
-	ura_session_invalidate_and_cancel(s);
-	for (int i = 0; i < 1000 && !loop->retry_timers; i++)
-		(void)ura_loop_run_once(loop, false);
-	bool armed = loop->retry_timers == 1;
-	cr_assert_eq(write(p.fds[1], "x", 1), 1);
-	bool final = th_run_until(loop, &d.final_seen, 5000);
+	ura_session_invalidate_and_cancel(f.s);
+	for (int i = 0; i < 1000 && !f.loop->retry_timers; i++)
+		(void)ura_loop_run_once(f.loop, false);
+	bool armed = f.loop->retry_timers == 1;
+	cr_assert_eq(write(f.p.fds[1], "x", 1), 1);
+	bool final = th_run_until(f.loop, &f.d.final_seen, 5000);
 	ura__fault_disarm_all();
 	cr_assert(armed, "no retry timer after the miss");
 	cr_assert(final, "no final event");
-	cr_assert_eq(p.calls.terminal, 1);
-	cr_assert_eq(p.calls.last_res, 1, "res %d", p.calls.last_res);
-	cr_assert_eq(d.finals, 1);
-	cr_assert_eq(loop->retry_timers, 0);
-	ura_session_unref(s);
-	ura_loop_free(loop);
-	close_pipe(&p);
+	cr_assert_eq(f.p.calls.terminal, 1);
+	cr_assert_eq(f.p.calls.last_res, 1, "res %d", f.p.calls.last_res);
+	cr_assert_eq(f.d.finals, 1);
+	cr_assert_eq(f.loop->retry_timers, 0);
+	one_read_end(&f);
 }

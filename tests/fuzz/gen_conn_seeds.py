@@ -8,7 +8,8 @@ requests sent first (ids 1 and 2), bit 5 cancel at the first message. Run from a
 rewrites the seeds.
 """
 import os
-import struct
+
+from seedlib import frame, seed, write_seeds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "corpus", "conn")
@@ -16,15 +17,6 @@ OUT = os.path.join(HERE, "corpus", "conn")
 L16, L64 = 2, 4
 SUSPEND, REQUESTS, CANCEL = 1 << 3, 1 << 4, 1 << 5
 EXPECTS_REPLY, IS_REPLY = 1, 2
-
-
-def frame(payload=b"", flags=0, ident=0, magic=b"URA1", version=1, reserved=0, length=None):
-    n = len(payload) if length is None else length
-    return magic + struct.pack("<BBHQI", version, flags, reserved, ident, n) + payload
-
-
-def seed(options, chunking, stream):
-    return bytes([options]) + struct.pack("<H", chunking) + stream
 
 
 SEEDS = {
@@ -61,8 +53,4 @@ SEEDS = {
     "good_then_garbage": seed(L64, 0x0206, frame(b"ok", 0, 1) + b"URA1\x01\x00\x00\x01"),
 }
 
-os.makedirs(OUT, exist_ok=True)
-for name, data in SEEDS.items():
-    with open(os.path.join(OUT, name), "wb") as f:
-        f.write(data)
-print(f"{len(SEEDS)} seeds in {OUT}")
+write_seeds(OUT, SEEDS)

@@ -5,22 +5,14 @@ A seed is three parameter bytes (payload limit selector, two bytes of chunking s
 followed by the byte stream (docs/PROTOCOL.md). Run from anywhere; rewrites the seeds.
 """
 import os
-import struct
+
+from seedlib import frame, seed, write_seeds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "corpus", "frame")
 
 # Indexes into the harness's limits[]: 16 MiB default, 0, 1, 16, 64, 255, 4096, 65536.
 DEFAULT, L16, L64 = 0, 3, 4
-
-
-def frame(payload=b"", flags=0, ident=0, magic=b"URA1", version=1, reserved=0, length=None):
-    n = len(payload) if length is None else length
-    return magic + struct.pack("<BBHQI", version, flags, reserved, ident, n) + payload
-
-
-def seed(limit, chunking, stream):
-    return bytes([limit]) + struct.pack("<H", chunking) + stream
 
 
 SEEDS = {
@@ -49,8 +41,4 @@ SEEDS = {
     "good_then_garbage": seed(L64, 0x0206, frame(b"ok", 0, 1) + b"URA1\x01\x00\x00\x01"),
 }
 
-os.makedirs(OUT, exist_ok=True)
-for name, data in SEEDS.items():
-    with open(os.path.join(OUT, name), "wb") as f:
-        f.write(data)
-print(f"{len(SEEDS)} seeds in {OUT}")
+write_seeds(OUT, SEEDS)

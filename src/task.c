@@ -261,15 +261,8 @@ int ura_task_state(ura_session *s, ura_task t)
 void ura__task_finish_now(ura_loop *loop, uint32_t index, struct ura__slot *slot, int32_t res)
 {
 	ura_session *s = atomic_load_explicit(&slot->session, memory_order_relaxed);
-	uint64_t gs = load_gs(slot);
-	uint32_t gen = ura__gs_gen(gs);
-	if (ura__gs_state(gs) == URA__SLOT_CANCELING)
-		ura__stat_bump(&s->stats.cancelled);
-	ura_task t = ura__handle_make(&loop->registry, gen, index);
-	set_state(slot, gen, URA__SLOT_DONE);
-	if (slot->fn)
-		slot->fn(s, t, res, 0, slot->arg);
-	ura__session_task_finished(s, slot, t, res);
+	uint32_t gen = ura__gs_gen(load_gs(slot));
+	ura__task_end(s, slot, ura__handle_make(&loop->registry, gen, index), res, 0);
 }
 
 /* Queues an ASYNC_CANCEL for t if the SQ has room (the cancel headroom is theirs). */

@@ -69,6 +69,30 @@ static inline int ura__fast_commit(struct ura__fast *f, ura_task_fn fn, void *ar
 /* Inbox commands SUBMIT, CANCEL and RESUME. Loop thread. */
 void ura__task_command(ura_loop *loop, struct ura__cmd *cmd);
 /*
+ * A task's end, from its terminal CQE or without one (ura__task_finish_now): counts a
+ * cancelled task, marks it DONE, makes the terminal call and lets the session finish it
+ * (task_did_complete, unlink, free). Loop thread; inline, once per task.
+ */
+static inline void ura__task_end(ura_session *s, struct ura__slot *slot, ura_task t,
+				 int32_t res, uint32_t flags)
+{
+	/* Acquire: a canceller's CAS to CANCELING is read here (nothing it wrote before is
+	 * needed, but the state must be its latest). */
+	uint64_t gs = atomic_load_explicit(&slot->gen_state, memory_order_acquire);
+	if (ura__gs_state(gs) == URA__SLOT_CANCELING)
+		ura__stat_bump(&s->stats.cancelled);
+	/* Release, plain store: DONE is the loop's to set; a cancel racing it finds the
+	 * task finished (-ENOENT) or won just before, which the contract allows. */
+	atomic_store_explicit(&slot->gen_state, ura__gs_make(ura__handle_gen(t), URA__SLOT_DONE),
+			      memory_order_release);
+	/* URA__TF_IN_RING stays set: nothing acts on a DONE task's flags (every cancel and
+	 * resume path checks the state first), and the slot is freed after the calls. */
+	if (slot->fn)
+		slot->fn(s, t, res, flags, slot->arg);
+	ura__session_task_finished(s, slot, t, res);
+}
+
+/*
  * A CQE whose user_data is a task handle. Loop thread; inline, once per completion.
  * The runtime wrote this user_data and the task stays live until its terminal CQE, so
  * the handle needs no validation here: straight to the slot.
@@ -85,20 +109,7 @@ static inline void ura__task_cqe(ura_loop *loop, uint64_t user_data, int32_t res
 			slot->fn(s, t, res, flags, slot->arg);
 		return;
 	}
-	/* Acquire: a canceller's CAS to CANCELING is read here (nothing it wrote before is
-	 * needed, but the state must be its latest). */
-	uint64_t gs = atomic_load_explicit(&slot->gen_state, memory_order_acquire);
-	if (ura__gs_state(gs) == URA__SLOT_CANCELING)
-		ura__stat_bump(&s->stats.cancelled);
-	/* Release, plain store: DONE is the loop's to set; a cancel racing it finds the
-	 * task finished (-ENOENT) or won just before, which the contract allows. */
-	atomic_store_explicit(&slot->gen_state, ura__gs_make(ura__handle_gen(t), URA__SLOT_DONE),
-			      memory_order_release);
-	/* URA__TF_IN_RING stays set: nothing acts on a DONE task's flags (every cancel and
-	 * resume path checks the state first), and the slot is freed after the calls. */
-	if (slot->fn)
-		slot->fn(s, t, res, flags, slot->arg);
-	ura__session_task_finished(s, slot, t, res);
+	ura__task_end(s, slot, t, res, flags);
 }
 /* URA__DEFER_CANCELLED: a task cancelled before reaching the ring. Loop thread. */
 void ura__task_deferred_cancel(ura_loop *loop, ura_task t);

@@ -188,18 +188,25 @@ struct op {
 
 static void run_op(void *arg);
 
-/* Runs op now on the loop thread, or sends it there in its own command. Takes op. */
-static void dispatch(struct op *op)
+/* Runs fn(arg) now on the loop thread, or sends it there in cmd, a command embedded in
+ * its owner (no allocation, so this cannot fail). c is held until fn ran. */
+static void run_on_loop(ura_conn *c, struct ura__cmd *cmd, void (*fn)(void *), void *arg)
 {
-	atomic_fetch_add_explicit(&op->c->refs, 1, memory_order_relaxed);
-	if (ura__on_loop(op->c->loop)) {
-		run_op(op);
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* until fn ran */
+	if (ura__on_loop(c->loop)) {
+		fn(arg);
 		return;
 	}
-	op->cmd.kind = URA__CMD_CALL;
-	op->cmd.fn = (void *)run_op;
-	op->cmd.arg = op;
-	ura__loop_send(op->c->loop, &op->cmd);
+	cmd->kind = URA__CMD_CALL;
+	cmd->fn = (void *)fn;
+	cmd->arg = arg;
+	ura__loop_send(c->loop, cmd);
+}
+
+/* Runs op on the loop thread (see run_on_loop). Takes op. */
+static void dispatch(struct op *op)
+{
+	run_on_loop(op->c, &op->cmd, run_op, op);
 }
 
 static int simple_op(ura_conn *c, enum op_kind kind)
@@ -669,25 +676,12 @@ static void embedded_cancel(void *arg)
 	release(c);
 }
 
-/* Runs fn(c) on the loop thread through c's embedded command (no allocation). */
-static void run_embedded(ura_conn *c, struct ura__cmd *cmd, void (*fn)(void *))
-{
-	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* until fn ran */
-	if (ura__on_loop(c->loop)) {
-		fn(c);
-		return;
-	}
-	cmd->kind = URA__CMD_CALL;
-	cmd->fn = (void *)fn;
-	cmd->arg = c;
-	ura__loop_send(c->loop, cmd);
-}
 
 void ura_conn_activate(ura_conn *c)
 {
 	if (!c || atomic_exchange_explicit(&c->activated, true, memory_order_acq_rel))
 		return;
-	run_embedded(c, &c->activate_cmd, embedded_activate);
+	run_on_loop(c, &c->activate_cmd, embedded_activate, c);
 }
 
 int ura_conn_suspend(ura_conn *c)
@@ -730,7 +724,7 @@ void ura_conn_cancel(ura_conn *c)
 	/* seq_cst: the store half of send_common's Dekker pairing. */
 	if (!c || atomic_exchange_explicit(&c->cancelled, true, memory_order_seq_cst))
 		return;
-	run_embedded(c, &c->cancel_cmd, embedded_cancel);
+	run_on_loop(c, &c->cancel_cmd, embedded_cancel, c);
 }
 
 static int send_common(ura_conn *c, ura_msg *m, uint8_t flags, uint64_t reply_to,

@@ -280,17 +280,26 @@ void ura__session_after_task(ura_session *s)
 #define RETRY_FIRST_MS 1u
 #define RETRY_MAX_MS 128u
 
-/* Cancels again every task of s still cancelling in the ring; returns how many. */
-static unsigned recancel_all(ura_session *s)
+/* Calls act on every task of s, oldest first; returns how many calls answered true. The
+ * link is read first: acting never frees a task here (finishes are deferred or come
+ * from CQEs), but the walk does not depend on that. */
+static unsigned for_each_task(ura_session *s,
+			      bool (*act)(ura_loop *, uint32_t, struct ura__slot *))
 {
 	unsigned n = 0;
 	for (uint32_t i1 = s->task_head; i1;) {
 		struct ura__slot *slot = slot_of(s, i1);
 		uint32_t next = atomic_load_explicit(&slot->next, memory_order_relaxed);
-		n += ura__task_recancel(s->loop, i1 - 1, slot);
+		n += act(s->loop, i1 - 1, slot);
 		i1 = next;
 	}
 	return n;
+}
+
+/* Cancels again every task of s still cancelling in the ring; returns how many. */
+static unsigned recancel_all(ura_session *s)
+{
+	return for_each_task(s, ura__task_recancel);
 }
 
 /* True when a task of s is still cancelling with its SQE in the ring. */
@@ -387,16 +396,7 @@ void ura__session_cancel_reaped(ura_session *s, int32_t res)
 
 static void cancel_all(ura_session *s)
 {
-	ura_loop *loop = s->loop;
-	uint32_t i1 = s->task_head;
-	while (i1) {
-		struct ura__slot *slot = slot_of(s, i1);
-		/* Read the link first: cancelling never frees here (finishes are deferred
-		 * or come from CQEs), but keep the walk independent of that. */
-		uint32_t next = atomic_load_explicit(&slot->next, memory_order_relaxed);
-		(void)ura__task_cancel_slot(loop, i1 - 1, slot);
-		i1 = next;
-	}
+	(void)for_each_task(s, ura__task_cancel_slot);
 }
 
 static void maybe_final(ura_session *s)

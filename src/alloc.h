@@ -54,4 +54,19 @@ static inline void *ura__zalloc_aligned(size_t n, size_t align)
 }
 #endif
 
+/*
+ * The alignment that keeps an object of n bytes (at most a page) inside one page: the
+ * smallest power of two not below n, and at least a cache line. The loop and its
+ * sessions are touched on every iteration right after io_uring_enter, and on kernels
+ * with page-table isolation every syscall empties the TLB: each page the hot path
+ * touches then costs a page walk, so an object straddling two pages costs two.
+ */
+static inline size_t ura__one_page_align(size_t n)
+{
+	size_t a = 64;
+	while (a < n && a < 4096)
+		a *= 2;
+	return a;
+}
+
 #endif

@@ -27,6 +27,7 @@
 #include "alloc.h"
 
 #include "conn.h"
+#include "enter.h"
 #include "loop.h"
 #include "session.h"
 #include "task.h"
@@ -182,7 +183,8 @@ int ura_loop_new(const struct ura_loop_config *cfg, ura_loop **out)
 	int r = validate_config(cfg, &sq, &cq);
 	if (r < 0)
 		return r;
-	ura_loop *loop = ura__zalloc_aligned(sizeof(*loop), 64);
+	_Static_assert(sizeof(struct ura_loop) <= 4096, "the loop object must fit one page");
+	ura_loop *loop = ura__zalloc_aligned(sizeof(*loop), ura__one_page_align(sizeof(*loop)));
 	if (!loop)
 		return -ENOMEM;
 	loop->owner = pthread_self();
@@ -451,10 +453,9 @@ static int enter(ura_loop *loop, bool wait, const struct __kernel_timespec *time
 						     (struct __kernel_timespec *)timeout, NULL);
 		if (r == -ETIME)
 			r = 0;
-	} else if (wait) {
-		r = io_uring_submit_and_wait(&loop->ring, wait_count(loop));
 	} else {
-		r = io_uring_submit_and_get_events(&loop->ring);
+		r = ura__ring_enter(&loop->ring, wait ? wait_count(loop) : 0,
+				    loop->features & URA_FEATURE_REGISTERED_RING);
 	}
 	if (r >= 0)
 		return 0;

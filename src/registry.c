@@ -34,8 +34,8 @@
  * Fences.
  *  - push (release CAS) pairs with pop (acquire CAS): the popper sees the slot's new
  *    generation and FREE state written by the freeing loop thread before the push.
- *  - grow's release store of chunk_ready[c] pairs with the acquire load in
- *    ura__registry_slot, so a lookup that finds the chunk in use sees its initialised
+ *  - grow's release fetch_or of chunk c's bit in chunk_ready pairs with the acquire
+ *    load in ura__registry_slot, so a lookup that finds the chunk in use sees its initialised
  *    slots. A thread that learned an index from the free stack (release/acquire) or
  *    through the inbox (release/acquire) is ordered after the initialisation anyway,
  *    which is why ura__registry_slot_at needs no check.
@@ -142,8 +142,9 @@ static int64_t grow(struct ura__registry *r)
 		atomic_init(&chunk[i].gen_state, ura__gs_make(1, URA__SLOT_FREE));
 		atomic_init(&chunk[i].next, i + 1 < URA__CHUNK_SLOTS ? base + i + 2 : 0);
 	}
-	/* Release: publishes the initialised slots to lookups (see the header comment). */
-	atomic_store_explicit(&r->chunk_ready[c], 1, memory_order_release);
+	/* Release: publishes the initialised slots to lookups (see the header comment).
+	 * fetch_or, not a store: other chunks' bits share the word. */
+	atomic_fetch_or_explicit(&r->chunk_ready[c / 64], 1ull << (c % 64), memory_order_release);
 	shared_push_chain(r, base + 1, &chunk[URA__CHUNK_SLOTS - 1]);
 	return base;
 }

@@ -80,8 +80,10 @@ struct ura__registry {
 	/* One reservation of address space; chunk c is made usable in place, so slot i is
 	 * always base[i] and a slot never moves. */
 	struct ura__slot *base;
-	/* Set (release) once chunk c is usable: lookups of untrusted handles check it. */
-	_Atomic uint8_t chunk_ready[URA__MAX_CHUNKS];
+	/* Bit c set (release) once chunk c is usable: lookups of untrusted handles check it.
+	 * A bitmap, not a byte per chunk: it keeps the loop object small enough that the
+	 * fields every iteration touches share one page (see ura_loop_new). */
+	_Atomic uint64_t chunk_ready[URA__MAX_CHUNKS / 64];
 	_Atomic uint32_t nchunks; /* chunk indexes handed out (some may still be filling) */
 	/* Shared free stack: (tag << 32) | (index + 1); 0 in the low half means empty.
 	 * On its own cache line: every allocating thread writes it. */
@@ -109,8 +111,9 @@ static inline struct ura__slot *ura__registry_slot(struct ura__registry *r, uint
 	uint32_t c = index >> URA__CHUNK_SHIFT;
 	if (c >= r->max_chunks)
 		return NULL;
-	/* Acquire: pairs with the release store that published the chunk in grow(). */
-	if (!atomic_load_explicit(&r->chunk_ready[c], memory_order_acquire))
+	/* Acquire: pairs with the release fetch_or that published the chunk in grow(). */
+	uint64_t ready = atomic_load_explicit(&r->chunk_ready[c / 64], memory_order_acquire);
+	if (!(ready >> (c % 64) & 1))
 		return NULL;
 	return ura__registry_slot_at(r, index);
 }

@@ -31,7 +31,7 @@
 
 static ura_session *session_alloc(ura_loop *loop, const struct ura_session_delegate *d, void *ctx)
 {
-	ura_session *s = ura__zalloc_aligned(sizeof(*s), 64);
+	ura_session *s = ura__zalloc_aligned(sizeof(*s), ura__one_page_align(sizeof(*s)));
 	if (!s)
 		return NULL;
 	atomic_init(&s->state, 0);

@@ -294,8 +294,6 @@ struct io_uring_sqe *ura__loop_cancel_sqe(ura_loop *loop)
 static unsigned run_commands(ura_loop *loop)
 {
 	unsigned n = 0;
-	if (ura__inbox_empty(&loop->inbox))
-		return 0; /* a plain load, instead of an exchange every iteration */
 	struct ura__inbox_node *node = ura__inbox_take(&loop->inbox);
 	while (node) {
 		struct ura__cmd *cmd = (struct ura__cmd *)node;
@@ -328,6 +326,13 @@ static unsigned run_commands(ura_loop *loop)
 		}
 	}
 	return n;
+}
+
+static bool deferred_pending(ura_loop *loop)
+{
+	/* Relaxed: see run_deferred; a flag set just after this read waits one iteration,
+	 * as it would if it were set just after run_deferred's own read. */
+	return loop->deferred.len || atomic_load_explicit(&loop->sessions_dirty, memory_order_relaxed);
 }
 
 static unsigned run_deferred(ura_loop *loop)
@@ -385,7 +390,7 @@ static void internal_cqe(ura_loop *loop, uint64_t user_data, int32_t res)
  * and reports that in its last CQE (no IORING_CQE_F_MORE), as with any overflow. The
  * ring has no CQE32 (ring_init does not ask for it), so an entry is one array element.
  */
-static unsigned reap(ura_loop *loop)
+URA__HOT static unsigned reap(ura_loop *loop)
 {
 	struct io_uring_cq *cq = &loop->ring.cq;
 	unsigned head = *cq->khead; /* only this thread moves the head */
@@ -414,13 +419,11 @@ static unsigned reap(ura_loop *loop)
 	return total;
 }
 
-static bool must_not_block(ura_loop *loop)
+URA__HOT static bool must_not_block(ura_loop *loop)
 {
 	/* Backlogged work must not wait behind tasks that may never complete: this enter
 	 * empties the SQ and the next iteration moves the backlog into it. */
-	return loop->deferred.len || !ura__inbox_empty(&loop->inbox) ||
-	       loop->backlog_head < loop->backlog.len ||
-	       loop->cancel_backlog_head < loop->cancel_backlog.len ||
+	return loop->deferred.len || !ura__inbox_empty(&loop->inbox) || ura__loop_backlogged(loop) ||
 	       atomic_load_explicit(&loop->stop, memory_order_acquire) ||
 	       io_uring_cq_has_overflow(&loop->ring) || io_uring_cq_ready(&loop->ring);
 }
@@ -442,7 +445,7 @@ static unsigned wait_count(ura_loop *loop)
 	return due > 1 ? (unsigned)due : 1;
 }
 
-static int enter(ura_loop *loop, bool wait, const struct __kernel_timespec *timeout)
+URA__HOT static int enter(ura_loop *loop, bool wait, const struct __kernel_timespec *timeout)
 {
 	int r = ura__fault(URA__FAULT_ENTER); /* a test's -EBUSY, -EAGAIN or -EINTR */
 	if (r) {
@@ -470,14 +473,20 @@ static int enter(ura_loop *loop, bool wait, const struct __kernel_timespec *time
 	}
 }
 
-static int iterate(ura_loop *loop, bool wait, const struct __kernel_timespec *timeout)
+URA__HOT static int iterate(ura_loop *loop, bool wait, const struct __kernel_timespec *timeout)
 {
 	if (loop->running)
 		return -EBUSY; /* run/run_once called from inside a callback */
 	loop->running++;
-	unsigned handled = run_commands(loop);
-	handled += run_deferred(loop);
-	ura__task_drain_backlog(loop);
+	/* Each step is called only when it has work: the steps live on other text pages,
+	 * and an idle step's page would cost a TLB miss per iteration (see enter.h). */
+	unsigned handled = 0;
+	if (!ura__inbox_empty(&loop->inbox))
+		handled += run_commands(loop);
+	if (deferred_pending(loop))
+		handled += run_deferred(loop);
+	if (ura__loop_backlogged(loop))
+		ura__task_drain_backlog(loop);
 	arm_wake(loop);
 	/* Having run commands, an iteration normally returns without blocking; but cancels
 	 * it just issued complete promptly, so waiting for them now saves a round trip. */
@@ -489,7 +498,7 @@ static int iterate(ura_loop *loop, bool wait, const struct __kernel_timespec *ti
 	return r < 0 ? r : (int)handled;
 }
 
-int ura_loop_run_once(ura_loop *loop, bool wait)
+URA__HOT int ura_loop_run_once(ura_loop *loop, bool wait)
 {
 	if (!loop)
 		return -EINVAL;

@@ -14,6 +14,11 @@
 #include "registry.h"
 #include "ura.h"
 
+/* The functions every loop iteration runs. GCC places them in .text.hot, together, so
+ * they span as few pages as possible: each page the loop touches costs a TLB miss after
+ * every enter on kernels with page-table isolation (see enter.h). */
+#define URA__HOT __attribute__((hot))
+
 /* user_data values with bit 63 set are the runtime's own; task handles never set it. */
 #define URA__TAG_BIT (1ull << 63)
 #define URA__TAG_WAKE (URA__TAG_BIT | 1ull)
@@ -129,6 +134,13 @@ static inline bool ura__sq_room(ura_loop *loop)
 {
 	return io_uring_sq_space_left(&loop->ring) > loop->cancel_headroom &&
 	       !ura__fault(URA__FAULT_SQ_FULL);
+}
+
+/* Tasks or cancels wait in a backlog for SQ room. Loop thread. */
+static inline bool ura__loop_backlogged(const ura_loop *loop)
+{
+	return loop->backlog_head < loop->backlog.len ||
+	       loop->cancel_backlog_head < loop->cancel_backlog.len;
 }
 
 /* The next SQE, once ura__sq_room said there is one: no second check of the ring's

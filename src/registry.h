@@ -15,7 +15,6 @@ enum ura__slot_state {
 	URA__SLOT_SUSPENDED, /* accepted with URA_SUBMIT_SUSPENDED, waiting for resume */
 	URA__SLOT_RUNNING,   /* its SQE is in the ring */
 	URA__SLOT_CANCELING, /* cancel requested; the terminal call is still to come */
-	URA__SLOT_DONE,      /* terminal call in progress; freed when it returns */
 };
 
 #define URA__STATE_BITS 3u
@@ -146,17 +145,25 @@ static inline uint64_t ura__gs_make(uint32_t gen, unsigned state)
 static inline uint32_t ura__gs_gen(uint64_t gs) { return (uint32_t)(gs >> 32); }
 static inline unsigned ura__gs_state(uint64_t gs) { return (unsigned)(gs & URA__STATE_MASK); }
 
-/* Returns a slot to the registry; bumps its generation first. Loop thread only. */
-static inline void ura__registry_free(struct ura__registry *r, uint32_t index)
+/*
+ * Retires the slot of a task of generation gen: FREE with the next generation (never 0),
+ * so the task's handle names nothing any more and lookups answer -ENOENT / COMPLETED.
+ * The slot is not reusable yet: ura__registry_release hands it out again, after the
+ * task's calls have returned. Loop thread only.
+ */
+static inline void ura__registry_retire(struct ura__slot *s, uint32_t gen)
 {
-	struct ura__slot *s = ura__registry_slot_at(r, index);
-	/* Relaxed load: only the loop thread writes a live slot's generation. */
-	uint64_t gs = atomic_load_explicit(&s->gen_state, memory_order_relaxed);
-	uint32_t gen = (ura__gs_gen(gs) + 1) & URA__GEN_MASK;
-	gen += gen == 0; /* generation 0 is never valid */
+	gen = (gen + 1) & URA__GEN_MASK;
+	gen += gen == 0;
 	/* Release: a thread comparing generations after this sees the slot as gone before
-	 * it can see any reuse (reuse happens only after the push below). */
+	 * it can see any reuse (reuse happens only after the release below). */
 	atomic_store_explicit(&s->gen_state, ura__gs_make(gen, URA__SLOT_FREE), memory_order_release);
+}
+
+/* Returns a retired slot to the registry. Loop thread only. */
+static inline void ura__registry_release(struct ura__registry *r, uint32_t index,
+					 struct ura__slot *s)
+{
 	if (r->local_count >= URA__LOCAL_CACHE_MAX) {
 		ura__registry_spill(r, index, s);
 		return;
@@ -164,6 +171,15 @@ static inline void ura__registry_free(struct ura__registry *r, uint32_t index)
 	atomic_store_explicit(&s->next, r->local_head, memory_order_relaxed);
 	r->local_head = index + 1;
 	r->local_count++;
+}
+
+/* Retires and returns a slot whose task never started (a refused submit). Loop thread. */
+static inline void ura__registry_free(struct ura__registry *r, uint32_t index)
+{
+	struct ura__slot *s = ura__registry_slot_at(r, index);
+	/* Relaxed: only the loop thread writes a live slot's generation. */
+	ura__registry_retire(s, ura__gs_gen(atomic_load_explicit(&s->gen_state, memory_order_relaxed)));
+	ura__registry_release(r, index, s);
 }
 
 static inline ura_task ura__handle_make(const struct ura__registry *r, uint32_t gen,

@@ -677,7 +677,7 @@ static int64_t collect(ura_session *s, bool by_kind, size_t counts[3])
 			struct ura__slot *slot = slot_of(s, i1);
 			uint64_t gs = atomic_load_explicit(&slot->gen_state, memory_order_acquire);
 			unsigned st = ura__gs_state(gs);
-			bool listed = st != URA__SLOT_CANCELING && st != URA__SLOT_DONE;
+			bool listed = st != URA__SLOT_CANCELING && st != URA__SLOT_FREE; /* FREE: finishing */
 			if (listed && by_kind)
 				listed = (int)ura_task_kind_of_opcode(slot->opcode) == pass;
 			if (listed) {

@@ -190,7 +190,7 @@ static inline void ura__session_task_finished(ura_session *s, struct ura__slot *
 		ura__task_drop_pending(slot);
 	ura__session_task_unlink(s, slot);
 	loop->live_tasks--;
-	ura__registry_free(&loop->registry, index);
+	ura__registry_release(&loop->registry, index, slot);
 	ura__stat_bump(&s->stats.completed);
 	uint64_t live = ura__session_live(s) - 1;
 	ura__stat_set(&s->stats.in_flight, live);

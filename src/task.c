@@ -8,12 +8,13 @@
  *                                 loop turns into the above;
  *   cancel (any thread):          CAS to CANCELING; the loop then sends ASYNC_CANCEL (in
  *                                 the ring) or finishes it with -ECANCELED (not in it);
- *   terminal CQE:                 DONE while the callbacks run, then FREE with the
- *                                 generation bumped.
- * Only the loop thread moves a task out of CANCELING or into RUNNING/DONE/FREE; other
+ *   terminal CQE:                 FREE with the generation bumped, before the callbacks
+ *                                 run (the handle reads COMPLETED from then on); the
+ *                                 slot is reused only after they return.
+ * Only the loop thread moves a task out of CANCELING or into RUNNING/FREE; other
  * threads only CAS SUSPENDED->PENDING (resume) and *->CANCELING (cancel). The loop uses
  * CAS where such a move can race with it (PENDING->RUNNING) and plain stores where the
- * outcome is the same whichever comes first (DONE, FREE: a cancel racing those finds a
+ * outcome is the same whichever comes first (FREE: a cancel racing it finds a
  * finished task and answers -ENOENT, or succeeds first and the task reports its real
  * result, which the contract allows).
  */
@@ -251,8 +252,6 @@ int ura_task_state(ura_session *s, ura_task t)
 		return URA_TASK_SUSPENDED;
 	case URA__SLOT_CANCELING:
 		return URA_TASK_CANCELING;
-	case URA__SLOT_DONE:
-		return URA_TASK_COMPLETED;
 	default:
 		return URA_TASK_RUNNING;
 	}
@@ -333,7 +332,7 @@ static int mark_canceling(struct ura__slot *slot, uint32_t gen)
 	for (;;) {
 		uint64_t gs = load_gs(slot);
 		unsigned st = ura__gs_state(gs);
-		if (ura__gs_gen(gs) != gen || st == URA__SLOT_FREE || st == URA__SLOT_DONE)
+		if (ura__gs_gen(gs) != gen || st == URA__SLOT_FREE)
 			return -ENOENT;
 		if (st == URA__SLOT_CANCELING)
 			return -EALREADY;
@@ -415,7 +414,7 @@ int ura_task_resume(ura_session *s, ura_task t)
 	    !cas_state(slot, ura__handle_gen(t), URA__SLOT_SUSPENDED, URA__SLOT_PENDING)) {
 		ura__free(call.cmd);
 		uint64_t gs = load_gs(slot);
-		if (ura__gs_gen(gs) != ura__handle_gen(t) || ura__gs_state(gs) == URA__SLOT_DONE)
+		if (ura__gs_gen(gs) != ura__handle_gen(t) || ura__gs_state(gs) == URA__SLOT_FREE)
 			return -ENOENT;
 		return -EINVAL;
 	}

@@ -70,8 +70,8 @@ static inline int ura__fast_commit(struct ura__fast *f, ura_task_fn fn, void *ar
 void ura__task_command(ura_loop *loop, struct ura__cmd *cmd);
 /*
  * A task's end, from its terminal CQE or without one (ura__task_finish_now): counts a
- * cancelled task, marks it DONE, makes the terminal call and lets the session finish it
- * (task_did_complete, unlink, free). Loop thread; inline, once per task.
+ * cancelled task, retires its slot, makes the terminal call and lets the session finish
+ * it (task_did_complete, unlink, release the slot). Loop thread; inline, once per task.
  */
 static inline void ura__task_end(ura_session *s, struct ura__slot *slot, ura_task t,
 				 int32_t res, uint32_t flags)
@@ -81,12 +81,15 @@ static inline void ura__task_end(ura_session *s, struct ura__slot *slot, ura_tas
 	uint64_t gs = atomic_load_explicit(&slot->gen_state, memory_order_acquire);
 	if (ura__gs_state(gs) == URA__SLOT_CANCELING)
 		ura__stat_bump(&s->stats.cancelled);
-	/* Release, plain store: DONE is the loop's to set; a cancel racing it finds the
-	 * task finished (-ENOENT) or won just before, which the contract allows. */
-	atomic_store_explicit(&slot->gen_state, ura__gs_make(ura__handle_gen(t), URA__SLOT_DONE),
-			      memory_order_release);
-	/* URA__TF_IN_RING stays set: nothing acts on a DONE task's flags (every cancel and
-	 * resume path checks the state first), and the slot is freed after the calls. */
+	/* Retired before the calls, not after: during them the handle already reads
+	 * COMPLETED (a cancel gets -ENOENT), as it should once the terminal call has begun,
+	 * and this is the slot's only state store at a task's end. A plain store: the
+	 * state is the loop's to set; a cancel racing it finds the task gone or won just
+	 * before, which the contract allows. The slot stays on the session's list until
+	 * ura__session_task_finished (FREE there means finishing) and is reused only after
+	 * it is released. URA__TF_IN_RING stays set: nothing acts on a FREE slot's flags
+	 * (every cancel and resume path checks the state first). */
+	ura__registry_retire(slot, ura__handle_gen(t));
 	if (slot->fn)
 		slot->fn(s, t, res, flags, slot->arg);
 	ura__session_task_finished(s, slot, t, res);

@@ -58,7 +58,7 @@ enum {
 	URA__TF_TS_IN_SLOT = 1u << 1,  /* u.ts holds the timeout the SQE points at */
 	URA__TF_HAS_PENDING = 1u << 2, /* u.pending owns a heap SQE copy */
 	URA__TF_CANCEL_SENT = 1u << 3, /* an ASYNC_CANCEL for it is queued or in flight */
-	URA__TF_LINKED = 1u << 4,      /* on its session's task list */
+	URA__TF_LINKED = 1u << 4,      /* counted live by its session (and on its list) */
 	URA__TF_BACKLOG = 1u << 5,     /* waiting in the loop's backlog for SQ room */
 	URA__TF_TIMEOUT = 1u << 6,     /* ura_timeout: addr must point at the slot's u.ts */
 };

@@ -198,18 +198,6 @@ void ura__session_count_put_remote(ura_session *s, struct ura__cmd *cmd)
 
 /* -------------------------------------------------------------- tasks */
 
-static struct ura__slot *slot_of(ura_session *s, uint32_t index1)
-{
-	return index1 ? ura__session_slot(s, index1) : NULL;
-}
-
-/* True when no live task was accepted before sequence number limit. */
-static bool older_tasks_done(ura_session *s, uint32_t limit)
-{
-	struct ura__slot *head = slot_of(s, s->task_head);
-	return !head || (int32_t)(head->seq - limit) >= 0;
-}
-
 static void reset_stats(ura_session *s)
 {
 	struct ura__session_counters *c = &s->stats;
@@ -231,7 +219,7 @@ static void reset_stats(ura_session *s)
 /* Runs the barriers whose tasks have all completed, oldest first. */
 static void run_due_barriers(ura_session *s)
 {
-	while (s->barriers && older_tasks_done(s, s->barriers->seq_limit)) {
+	while (s->barriers && s->barriers->remaining == 0) {
 		struct ura__barrier *b = s->barriers;
 		s->barriers = b->next;
 		if (!s->barriers)
@@ -287,12 +275,11 @@ static unsigned for_each_task(ura_session *s,
 			      bool (*act)(ura_loop *, uint32_t, struct ura__slot *))
 {
 	unsigned n = 0;
-	for (uint32_t i1 = s->task_head; i1;) {
-		struct ura__slot *slot = slot_of(s, i1);
-		uint32_t next = atomic_load_explicit(&slot->next, memory_order_relaxed);
-		n += act(s->loop, i1 - 1, slot);
-		i1 = next;
-	}
+	struct ura__task_walk w;
+	uint32_t index;
+	ura__task_walk_start(&w, s);
+	for (struct ura__slot *slot; (slot = ura__task_walk_next(&w, &index));)
+		n += act(s->loop, index, slot);
 	return n;
 }
 
@@ -305,12 +292,13 @@ static unsigned recancel_all(ura_session *s)
 /* True when a task of s is still cancelling with its SQE in the ring. */
 static bool cancel_pending_in_ring(ura_session *s)
 {
-	for (uint32_t i1 = s->task_head; i1;) {
-		struct ura__slot *slot = slot_of(s, i1);
+	struct ura__task_walk w;
+	uint32_t index;
+	ura__task_walk_start(&w, s);
+	for (struct ura__slot *slot; (slot = ura__task_walk_next(&w, &index));) {
 		uint64_t gs = atomic_load_explicit(&slot->gen_state, memory_order_acquire);
 		if (ura__gs_state(gs) == URA__SLOT_CANCELING && (slot->lflags & URA__TF_IN_RING))
 			return true;
-		i1 = atomic_load_explicit(&slot->next, memory_order_relaxed);
 	}
 	return false;
 }
@@ -536,11 +524,12 @@ void ura__session_abandon_all(ura_loop *loop)
 			found->retry_armed = false;
 			loop->retry_timers--;
 		}
-		while (found->task_head) {
-			uint32_t i1 = found->task_head;
-			struct ura__slot *slot = slot_of(found, i1);
+		struct ura__task_walk w;
+		uint32_t index;
+		ura__task_walk_start(&w, found);
+		for (struct ura__slot *slot; (slot = ura__task_walk_next(&w, &index));) {
 			slot->lflags &= (uint8_t)~URA__TF_IN_RING;
-			ura__task_finish_now(loop, i1 - 1, slot, -ECANCELED);
+			ura__task_finish_now(loop, index, slot, -ECANCELED);
 		}
 		/* Commands still counted (get_tasks, flush) were dropped with the inbox. */
 		uint64_t st = atomic_load_explicit(&found->state, memory_order_acquire);
@@ -659,10 +648,7 @@ int ura_session_reset(ura_session *s, void (*fn)(ura_session *, void *), void *a
  * (data first, then upload, then download). Returns the count, or -ENOMEM. */
 static int64_t collect(ura_session *s, bool by_kind, size_t counts[3])
 {
-	size_t n = 0;
-	for (uint32_t i1 = s->task_head; i1;
-	     i1 = atomic_load_explicit(&slot_of(s, i1)->next, memory_order_relaxed))
-		n++;
+	size_t n = (size_t)ura__session_live(s); /* every linked task; some are not listed */
 	if (n > s->scratch_cap) {
 		ura_task *grown = ura__realloc(s->scratch, n * sizeof(ura_task));
 		if (!grown)
@@ -673,8 +659,10 @@ static int64_t collect(ura_session *s, bool by_kind, size_t counts[3])
 	size_t out = 0;
 	counts[0] = counts[1] = counts[2] = 0;
 	for (int pass = 0; pass < (by_kind ? 3 : 1); pass++) {
-		for (uint32_t i1 = s->task_head; i1;) {
-			struct ura__slot *slot = slot_of(s, i1);
+		struct ura__task_walk w;
+		uint32_t index;
+		ura__task_walk_start(&w, s);
+		for (struct ura__slot *slot; (slot = ura__task_walk_next(&w, &index));) {
 			uint64_t gs = atomic_load_explicit(&slot->gen_state, memory_order_acquire);
 			unsigned st = ura__gs_state(gs);
 			bool listed = st != URA__SLOT_CANCELING && st != URA__SLOT_FREE; /* FREE: finishing */
@@ -682,10 +670,9 @@ static int64_t collect(ura_session *s, bool by_kind, size_t counts[3])
 				listed = (int)ura_task_kind_of_opcode(slot->opcode) == pass;
 			if (listed) {
 				s->scratch[out++] = ura__handle_make(&s->loop->registry,
-								     ura__gs_gen(gs), i1 - 1);
+								     ura__gs_gen(gs), index);
 				counts[pass]++;
 			}
-			i1 = atomic_load_explicit(&slot->next, memory_order_relaxed);
 		}
 	}
 	return (int64_t)out;
@@ -717,7 +704,8 @@ void ura__session_command(struct ura__cmd *cmd)
 	struct ura__barrier *b = ura__malloc(sizeof(*b));
 	if (!b) {
 		/* No memory to wait: answer now only if nothing is pending, else retry. */
-		if (older_tasks_done(s, cmd->task ? (uint32_t)(cmd->task - 1) : ura__session_next_seq(s))) {
+		if (!ura__session_count_before(s, cmd->task ? (uint32_t)(cmd->task - 1)
+							      : ura__session_next_seq(s))) {
 			if (cmd->variant == BARRIER_RESET)
 				reset_stats(s);
 			((void (*)(ura_session *, void *))cmd->fn)(s, cmd->arg);
@@ -730,6 +718,7 @@ void ura__session_command(struct ura__cmd *cmd)
 	}
 	b->next = NULL;
 	b->seq_limit = cmd->task ? (uint32_t)(cmd->task - 1) : ura__session_next_seq(s);
+	b->remaining = ura__session_count_before(s, b->seq_limit);
 	b->reset = cmd->variant == BARRIER_RESET;
 	b->fn = (void (*)(ura_session *, void *))cmd->fn;
 	b->arg = cmd->arg;

@@ -38,6 +38,7 @@ struct ura__session_counters {
 struct ura__barrier {
 	struct ura__barrier *next;
 	uint32_t seq_limit; /* tasks accepted before this sequence number */
+	uint64_t remaining; /* ...that have not finished (session_walk.c) */
 	bool reset;
 	void (*fn)(ura_session *, void *);
 	void *arg;
@@ -59,7 +60,8 @@ struct ura_session {
 
 	/* Loop thread only. */
 	uint64_t peak_live;              /* the largest live count since creation or reset */
-	uint32_t task_head, task_tail;   /* index + 1 of the oldest/newest live task */
+	uint32_t task_head, task_tail;   /* index + 1 of the oldest/newest live task (not
+	                                  * kept for the shared session: session_walk.c) */
 	uint64_t cancels_in_flight;      /* ASYNC_CANCEL SQEs queued or in flight */
 	bool retry_armed;                /* its cancel-retry timer is in the ring */
 	bool retry_removing;             /* ...and a TIMEOUT_REMOVE for it too */
@@ -125,21 +127,24 @@ static inline struct ura__slot *ura__session_slot(ura_session *s, uint32_t index
  * Task accounting, called by task.c on the loop thread for every task, so inline. The
  * list links are relaxed atomics only because next doubles as the registry's free-list
  * link (registry.h); only the loop thread touches them while the task is live. The
- * caller sets URA__TF_LINKED with the slot's other flags (one store).
+ * caller sets URA__TF_LINKED with the slot's other flags (one store). The shared
+ * session keeps no list (see session_walk.c).
  */
 static inline void ura__session_task_linked(ura_session *s, uint32_t index, struct ura__slot *slot)
 {
 	uint64_t n = atomic_load_explicit(&s->stats.submitted, memory_order_relaxed);
 	slot->seq = (uint32_t)n;
 	ura__stat_set(&s->stats.submitted, n + 1);
-	slot->prev = s->task_tail;
-	atomic_store_explicit(&slot->next, 0, memory_order_relaxed);
-	if (s->task_tail)
-		atomic_store_explicit(&ura__session_slot(s, s->task_tail)->next, index + 1,
-				      memory_order_relaxed);
-	else
-		s->task_head = index + 1;
-	s->task_tail = index + 1;
+	if (!s->shared) {
+		slot->prev = s->task_tail;
+		atomic_store_explicit(&slot->next, 0, memory_order_relaxed);
+		if (s->task_tail)
+			atomic_store_explicit(&ura__session_slot(s, s->task_tail)->next,
+					      index + 1, memory_order_relaxed);
+		else
+			s->task_head = index + 1;
+		s->task_tail = index + 1;
+	}
 	s->loop->live_tasks++;
 	uint64_t live = ura__session_live(s) + 1;
 	ura__stat_set(&s->stats.in_flight, live);
@@ -163,6 +168,23 @@ static inline void ura__session_task_unlink(ura_session *s, struct ura__slot *sl
 	/* URA__TF_LINKED stays set: the slot is freed next, and its flags are rewritten
 	 * whole when it is used again (a store saved on every task). */
 }
+
+/*
+ * A walk over the tasks s has linked and not finished: its list, oldest first, or for
+ * the shared session a scan of the registry, in index order. The next task is found
+ * before the current one is returned, so the caller may finish it. Loop thread.
+ */
+struct ura__task_walk {
+	ura_session *s;
+	uint32_t next1; /* index + 1 of the next slot to look at; 0: the list is done */
+	uint32_t end;   /* scan: one past the last index in use */
+};
+void ura__task_walk_start(struct ura__task_walk *w, ura_session *s);
+struct ura__slot *ura__task_walk_next(struct ura__task_walk *w, uint32_t *index);
+/* How many linked tasks of s were accepted before sequence number limit. */
+uint64_t ura__session_count_before(ura_session *s, uint32_t limit);
+/* A task numbered seq finished: counts it down in the barriers waiting for it. */
+void ura__session_barriers_task_done(ura_session *s, uint32_t seq);
 
 /* Frees the SQE copy a task kept while pending or suspended (task.c). */
 void ura__task_drop_pending(struct ura__slot *slot);
@@ -188,8 +210,11 @@ static inline void ura__session_task_finished(ura_session *s, struct ura__slot *
 		s->delegate.task_did_complete(s, t, res, s->ctx);
 	if (slot->lflags & URA__TF_HAS_PENDING)
 		ura__task_drop_pending(slot);
-	ura__session_task_unlink(s, slot);
+	if (!s->shared)
+		ura__session_task_unlink(s, slot);
 	loop->live_tasks--;
+	if (s->barriers)
+		ura__session_barriers_task_done(s, slot->seq);
 	ura__registry_release(&loop->registry, index, slot);
 	ura__stat_bump(&s->stats.completed);
 	uint64_t live = ura__session_live(s) - 1;

@@ -323,6 +323,102 @@ Test(session, g8_flush_waits_for_tasks_live_at_the_call_only)
 	ura_session_unref(s);
 }
 
+/* The shared session keeps no task list: its walks scan the registry (session_walk.c). */
+Test(session, g7_shared_session_lists_live_tasks_by_kind_not_cancelling)
+{
+	ura_session *s = ura_session_shared(loop);
+	int p[2];
+	cr_assert_eq(pipe(p), 0);
+	static char rbuf[8], wbuf[8];
+	struct io_uring_sqe sqe;
+	ura_task cancelled;
+	memset(&sqe, 0, sizeof(sqe));
+	io_uring_prep_read(&sqe, p[0], rbuf, 8, 0);
+	cr_assert_eq(ura_submit(s, &sqe, URA_SUBMIT_SUSPENDED, NULL, NULL, NULL), 0);
+	cr_assert_eq(ura_submit(s, &sqe, URA_SUBMIT_SUSPENDED, NULL, NULL, &cancelled), 0);
+	io_uring_prep_write(&sqe, p[1], wbuf, 8, 0);
+	cr_assert_eq(ura_submit(s, &sqe, URA_SUBMIT_SUSPENDED, NULL, NULL, NULL), 0);
+	cr_assert_eq(ura_timeout(s, 60 * SEC, NULL, NULL, NULL), 0);
+	/* A task of another session in the same registry is not the shared session's. */
+	struct th_delegate d = { 0 };
+	ura_session *other = new_session(&d);
+	cr_assert_eq(ura_timeout(other, 60 * SEC, NULL, NULL, NULL), 0);
+	cr_assert_eq(ura_task_cancel(s, cancelled), 0);
+	struct kinds k = { 0 };
+	_Atomic long all = -1;
+	cr_assert_eq(ura_session_get_tasks(s, by_kind, &k), 0);
+	cr_assert_eq(ura_session_get_all_tasks(s, tasks_seen, &all), 0);
+	th_spin(loop, 20);
+	cr_assert_eq(atomic_load(&k.calls), 1);
+	cr_assert_eq(k.nd, 1, "data (timeout): %ld", k.nd);
+	cr_assert_eq(k.nu, 1, "upload (write): %ld", k.nu);
+	cr_assert_eq(k.ndl, 1, "download (read, the other cancelled): %ld", k.ndl);
+	cr_assert_eq(atomic_load(&all), 3);
+	ura_session_invalidate_and_cancel(other);
+	ura_session_unref(other);
+	/* The teardown's ura_loop_free ends the shared session's tasks (a registry walk). */
+	close(p[0]);
+	close(p[1]);
+}
+
+static void count_nop(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg)
+{
+	(void)s, (void)t, (void)res, (void)flags;
+	atomic_fetch_add((_Atomic int *)arg, 1);
+}
+
+struct flush_probe {
+	_Atomic int *completed;
+	int seen_at_flush; /* completions when the flush ran; -1 before */
+};
+
+static void flush_probe_done(ura_session *s, void *arg)
+{
+	(void)s;
+	struct flush_probe *f = arg;
+	f->seen_at_flush = atomic_load(f->completed);
+}
+
+/* More tasks than one registry chunk (4096 slots), so the walk crosses chunks; a second
+ * flush set up after more tasks waits for those too, and runs after the first. */
+Test(session, g8_shared_session_flushes_count_the_tasks_live_at_each_call)
+{
+	enum { FIRST = 5000, SECOND = 100 };
+	ura_session *s = ura_session_shared(loop);
+	static ura_task first[FIRST], second[SECOND];
+	_Atomic int completed = 0;
+	struct io_uring_sqe sqe;
+	memset(&sqe, 0, sizeof(sqe));
+	io_uring_prep_nop(&sqe);
+	for (int i = 0; i < FIRST; i++)
+		cr_assert_eq(ura_submit(s, &sqe, URA_SUBMIT_SUSPENDED, count_nop, &completed,
+					&first[i]), 0);
+	struct flush_probe f1 = { &completed, -1 }, f2 = { &completed, -1 };
+	_Atomic long all = -1;
+	cr_assert_eq(ura_session_get_all_tasks(s, tasks_seen, &all), 0);
+	cr_assert_eq(ura_session_flush(s, flush_probe_done, &f1), 0);
+	th_spin(loop, 20);
+	cr_assert_eq(atomic_load(&all), FIRST, "listed %ld of %d", (long)atomic_load(&all), FIRST);
+	cr_assert_eq(f1.seen_at_flush, -1, "flush ran with every task suspended");
+	for (int i = 0; i < SECOND; i++)
+		cr_assert_eq(ura_submit(s, &sqe, URA_SUBMIT_SUSPENDED, count_nop, &completed,
+					&second[i]), 0);
+	cr_assert_eq(ura_session_flush(s, flush_probe_done, &f2), 0);
+	th_spin(loop, 20);
+	for (int i = 0; i < FIRST; i++)
+		cr_assert_eq(ura_task_resume(s, first[i]), 0);
+	cr_assert(th_run_until_int(loop, &completed, FIRST, 10000));
+	th_spin(loop, 20);
+	cr_assert_eq(f1.seen_at_flush, FIRST, "first flush at %d completions", f1.seen_at_flush);
+	cr_assert_eq(f2.seen_at_flush, -1, "second flush ran before its later tasks");
+	for (int i = 0; i < SECOND; i++)
+		cr_assert_eq(ura_task_resume(s, second[i]), 0);
+	cr_assert(th_run_until_int(loop, &completed, FIRST + SECOND, 10000));
+	th_spin(loop, 20);
+	cr_assert_eq(f2.seen_at_flush, FIRST + SECOND, "second flush at %d completions",
+		     f2.seen_at_flush);
+}
+
 Test(session, g8_reset_is_a_barrier_then_clears_stats)
 {
 	struct th_delegate d = { 0 };

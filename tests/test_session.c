@@ -355,6 +355,7 @@ Test(session, g7_shared_session_lists_live_tasks_by_kind_not_cancelling)
 	cr_assert_eq(k.ndl, 1, "download (read, the other cancelled): %ld", k.ndl);
 	cr_assert_eq(atomic_load(&all), 3);
 	ura_session_invalidate_and_cancel(other);
+	cr_assert(th_run_until(loop, &d.final_seen, 10000), "the other session never ended");
 	ura_session_unref(other);
 	/* The teardown's ura_loop_free ends the shared session's tasks (a registry walk). */
 	close(p[0]);

@@ -2,10 +2,11 @@
  * The loop's io_uring_enter, without liburing's out-of-line submit functions.
  *
  * Why not io_uring_submit_and_wait: it lives in liburing.so, so each iteration would run
- * code on liburing's text page and go through the library's PLT and GOT. On kernels with
- * page-table isolation (PTI) every syscall empties the TLB, so each page the loop
- * touches after an enter costs a page walk on every iteration; measured on this
- * project's test machines, a page is about 1 ns per NOP task at batch 32.
+ * code on liburing's text page and go through the library's PLT and GOT, and it checks
+ * for ring modes the loop never uses. On kernels with page-table isolation (PTI) every
+ * syscall empties the TLB, so each page the loop touches after an enter costs a page
+ * walk on every iteration (in ura-bench nop, moving the loop object onto one page
+ * instead of two saved about 1 ns per task at batch 32).
  *
  * What it does is the kernel's protocol for a ring without SQPOLL or IOPOLL (ring_init
  * never asks for either): publish the SQ tail, then enter with GETEVENTS, passing the

@@ -61,6 +61,7 @@ enum {
 	URA__TF_LINKED = 1u << 4,      /* counted live by its session (and on its list) */
 	URA__TF_BACKLOG = 1u << 5,     /* waiting in the loop's backlog for SQ room */
 	URA__TF_TIMEOUT = 1u << 6,     /* ura_timeout: addr must point at the slot's u.ts */
+	URA__TF_REMOTE = 1u << 7,      /* accepted on another thread, linked from the inbox */
 };
 
 #define URA__CHUNK_SHIFT 12u

@@ -607,10 +607,11 @@ static int send_request(ura_session *s, uint8_t kind, uint8_t variant, void *fn,
 	cmd->session = s;
 	cmd->fn = fn;
 	cmd->arg = arg;
-	/* A barrier covers the tasks live at the call. On the loop thread the task list is
-	 * exact now (later submits link at once, ahead of this command): remember where it
-	 * ends. From another thread, tasks that thread submitted earlier are ahead of this
-	 * command in the inbox, so the list when the command runs is the right bound. */
+	/* A barrier covers the tasks live at the call. On the loop thread, remember the
+	 * next sequence number: later submits from this thread link at once and must not
+	 * count. Tasks other threads submitted before the call are ahead of this command
+	 * in the inbox and are counted too (URA__TF_REMOTE, see struct ura__barrier). From
+	 * another thread, the tasks linked when the command runs are the right bound. */
 	cmd->task = ura__on_loop(s->loop) ? (uint64_t)ura__session_next_seq(s) + 1 : 0;
 	/* Always through the inbox, also on the loop thread: the answer is asynchronous. */
 	ura__loop_send(s->loop, cmd);
@@ -701,11 +702,19 @@ void ura__session_command(struct ura__cmd *cmd)
 	}
 	/* FLUSH / RESET: a barrier behind every task accepted so far. The command's memory
 	 * becomes the barrier (same size class is not needed: allocate a small one). */
+	struct ura__barrier want = {
+		.seq_limit = cmd->task ? (uint32_t)(cmd->task - 1) : ura__session_next_seq(s),
+		.seq_mark = ura__session_next_seq(s),
+		.reset = cmd->variant == BARRIER_RESET,
+		.fn = (void (*)(ura_session *, void *))cmd->fn,
+		.arg = cmd->arg,
+	};
 	struct ura__barrier *b = ura__malloc(sizeof(*b));
 	if (!b) {
-		/* No memory to wait: answer now only if nothing is pending, else retry. */
-		if (!ura__session_count_before(s, cmd->task ? (uint32_t)(cmd->task - 1)
-							      : ura__session_next_seq(s))) {
+		/* No memory to wait: answer now only if nothing is pending, else retry. The
+		 * retry takes a later mark, so it may also wait for tasks other threads
+		 * submitted after the call: only when memory ran out. */
+		if (!ura__session_barrier_count(s, &want)) {
 			if (cmd->variant == BARRIER_RESET)
 				reset_stats(s);
 			((void (*)(ura_session *, void *))cmd->fn)(s, cmd->arg);
@@ -716,12 +725,8 @@ void ura__session_command(struct ura__cmd *cmd)
 		}
 		return;
 	}
-	b->next = NULL;
-	b->seq_limit = cmd->task ? (uint32_t)(cmd->task - 1) : ura__session_next_seq(s);
-	b->remaining = ura__session_count_before(s, b->seq_limit);
-	b->reset = cmd->variant == BARRIER_RESET;
-	b->fn = (void (*)(ura_session *, void *))cmd->fn;
-	b->arg = cmd->arg;
+	*b = want;
+	b->remaining = ura__session_barrier_count(s, b);
 	ura__free(cmd);
 	if (s->barriers_tail)
 		s->barriers_tail->next = b;

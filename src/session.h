@@ -37,8 +37,12 @@ struct ura__session_counters {
 
 struct ura__barrier {
 	struct ura__barrier *next;
-	uint32_t seq_limit; /* tasks accepted before this sequence number */
-	uint64_t remaining; /* ...that have not finished (session_walk.c) */
+	/* The tasks it waits for (session_walk.c): those linked before seq_mark (when the
+	 * request was taken) and either numbered below seq_limit (linked before the call)
+	 * or accepted on another thread (URA__TF_REMOTE: their SUBMIT was ahead of the
+	 * request in the inbox, so they were accepted before the call too). */
+	uint32_t seq_limit, seq_mark;
+	uint64_t remaining; /* ...that have not finished */
 	bool reset;
 	void (*fn)(ura_session *, void *);
 	void *arg;
@@ -181,10 +185,10 @@ struct ura__task_walk {
 };
 void ura__task_walk_start(struct ura__task_walk *w, ura_session *s);
 struct ura__slot *ura__task_walk_next(struct ura__task_walk *w, uint32_t *index);
-/* How many linked tasks of s were accepted before sequence number limit. */
-uint64_t ura__session_count_before(ura_session *s, uint32_t limit);
-/* A task numbered seq finished: counts it down in the barriers waiting for it. */
-void ura__session_barriers_task_done(ura_session *s, uint32_t seq);
+/* How many linked tasks of s barrier b waits for (b's seq fields set). */
+uint64_t ura__session_barrier_count(ura_session *s, const struct ura__barrier *b);
+/* A task finished: counts it down in the barriers waiting for it. */
+void ura__session_barriers_task_done(ura_session *s, const struct ura__slot *slot);
 
 /* Frees the SQE copy a task kept while pending or suspended (task.c). */
 void ura__task_drop_pending(struct ura__slot *slot);
@@ -214,7 +218,7 @@ static inline void ura__session_task_finished(ura_session *s, struct ura__slot *
 		ura__session_task_unlink(s, slot);
 	loop->live_tasks--;
 	if (s->barriers)
-		ura__session_barriers_task_done(s, slot->seq);
+		ura__session_barriers_task_done(s, slot);
 	ura__registry_release(&loop->registry, index, slot);
 	ura__stat_bump(&s->stats.completed);
 	uint64_t live = ura__session_live(s) - 1;

@@ -66,7 +66,15 @@ struct ura__slot *ura__task_walk_next(struct ura__task_walk *w, uint32_t *index)
 	return slot;
 }
 
-uint64_t ura__session_count_before(ura_session *s, uint32_t limit)
+/* Whether barrier b waits for the task in slot (see struct ura__barrier). Sequence
+ * numbers wrap, so they are compared by difference. */
+static bool waits_for(const struct ura__barrier *b, const struct ura__slot *slot)
+{
+	return (int32_t)(slot->seq - b->seq_mark) < 0 &&
+	       ((int32_t)(slot->seq - b->seq_limit) < 0 || (slot->lflags & URA__TF_REMOTE));
+}
+
+uint64_t ura__session_barrier_count(ura_session *s, const struct ura__barrier *b)
 {
 	/* Called from commands, at the start of an iteration: no terminal call is in
 	 * progress, so every task walked will still finish and count itself down. */
@@ -75,13 +83,13 @@ uint64_t ura__session_count_before(ura_session *s, uint32_t limit)
 	uint32_t index;
 	ura__task_walk_start(&w, s);
 	for (struct ura__slot *slot; (slot = ura__task_walk_next(&w, &index));)
-		n += (int32_t)(slot->seq - limit) < 0;
+		n += waits_for(b, slot);
 	return n;
 }
 
-void ura__session_barriers_task_done(ura_session *s, uint32_t seq)
+void ura__session_barriers_task_done(ura_session *s, const struct ura__slot *slot)
 {
 	for (struct ura__barrier *b = s->barriers; b; b = b->next)
-		if ((int32_t)(seq - b->seq_limit) < 0)
+		if (waits_for(b, slot))
 			b->remaining--;
 }

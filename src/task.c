@@ -448,7 +448,7 @@ static void command_submit(ura_loop *loop, struct ura__cmd *cmd)
 	keep_pending(slot, cmd);
 	ura_session *s = cmd->session;
 	ura__session_task_linked(s, index, slot);
-	slot->lflags |= URA__TF_LINKED;
+	slot->lflags |= URA__TF_LINKED | URA__TF_REMOTE;
 	ura__session_count_moved(s); /* now counted as live */
 	if (s->cancel_all_done) {
 		/* Accepted before the session's cancel bit was set, seen after its cancel-all

@@ -1,5 +1,6 @@
 /* Sessions: the ten guarantees of DESIGN.md, one or more tests each (named g<N>_...). */
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -418,6 +419,46 @@ Test(session, g8_shared_session_flushes_count_the_tasks_live_at_each_call)
 	th_spin(loop, 20);
 	cr_assert_eq(f2.seen_at_flush, FIRST + SECOND, "second flush at %d completions",
 		     f2.seen_at_flush);
+}
+
+struct remote_submit {
+	ura_session *s;
+	_Atomic int *ended;
+};
+
+static void count_end(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg)
+{
+	(void)s, (void)t, (void)res, (void)flags;
+	atomic_fetch_add((_Atomic int *)arg, 1);
+}
+
+static void *submit_short_timeout(void *arg)
+{
+	struct remote_submit *r = arg;
+	cr_assert_eq(ura_timeout(r->s, 30000000, count_end, r->ended, NULL), 0);
+	return NULL;
+}
+
+/* A task another thread submitted before the flush call is live at the call, though the
+ * loop links it only when it takes the SUBMIT from its inbox, after the call. */
+Test(session, g8_flush_waits_for_tasks_other_threads_submitted_before_the_call)
+{
+	struct th_delegate d = { 0 };
+	ura_session *sessions[2] = { new_session(&d), ura_session_shared(loop) };
+	for (int i = 0; i < 2; i++) {
+		_Atomic int ended = 0, flushed = 0;
+		struct remote_submit r = { sessions[i], &ended };
+		pthread_t th;
+		cr_assert_eq(pthread_create(&th, NULL, submit_short_timeout, &r), 0);
+		pthread_join(th, NULL);
+		cr_assert_eq(ura_session_flush(sessions[i], flush_done, &flushed), 0);
+		cr_assert(th_run_until_int(loop, &flushed, 1, 10000), "flush never answered");
+		cr_assert_eq(atomic_load(&ended), 1, "%s session: flush ran before the task "
+			     "submitted ahead of it", i ? "shared" : "new");
+	}
+	ura_session_invalidate_and_cancel(sessions[0]);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	ura_session_unref(sessions[0]);
 }
 
 Test(session, g8_reset_is_a_barrier_then_clears_stats)

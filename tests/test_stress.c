@@ -340,3 +340,116 @@ Test(stress, hundred_thousand_live_tasks_cancelled_with_small_cq, .timeout = 300
 	ura_loop_free(loop);
 	free(recs);
 }
+
+/* ---- the shared session's registry walks racing other threads' submits and cancels
+ * (guarantees 7 and 8 on a session without a task list, session_walk.c) */
+
+enum { WALK_THREADS = 3, WALK_PER_THREAD = 10000, WALK_N = WALK_THREADS * WALK_PER_THREAD };
+
+struct walk_world {
+	ura_session *s;
+	struct rec *recs;
+	ura_task *handles;
+	_Atomic uint32_t *published;
+	_Atomic int submitters_done;
+	_Atomic uint64_t flushes_answered, gets_answered;
+};
+
+struct walk_submitter {
+	struct walk_world *w;
+	int first; /* its tasks: first .. first + WALK_PER_THREAD - 1 */
+};
+
+static void *walk_submit(void *arg)
+{
+	struct walk_submitter *sb = arg;
+	struct walk_world *w = sb->w;
+	for (int i = sb->first; i < sb->first + WALK_PER_THREAD; i++) {
+		/* Odd: nops; even: timeouts, a quarter of them short, all cancelled below. */
+		int rc = (i % 2) ? ura_nop(w->s, rec_cb, &w->recs[i], &w->handles[i])
+				 : ura_timeout(w->s, (i % 4) ? 60 * SEC : 100000, rec_cb,
+					       &w->recs[i], &w->handles[i]);
+		cr_assert_eq(rc, 0, "submit %d: %d", i, rc);
+		atomic_store(&w->published[i], 1);
+	}
+	atomic_fetch_add(&w->submitters_done, 1);
+	return NULL;
+}
+
+static void *walk_cancel_timeouts(void *arg)
+{
+	struct walk_world *w = arg;
+	for (int i = 0; i < WALK_N; i += 2) {
+		while (!atomic_load(&w->published[i]))
+			;
+		int rc = ura_task_cancel(w->s, w->handles[i]);
+		cr_assert(rc == 0 || rc == -ENOENT || rc == -EALREADY, "cancel: %d", rc);
+	}
+	return NULL;
+}
+
+static void walk_flushed(ura_session *s, void *arg)
+{
+	(void)s;
+	atomic_fetch_add(&((struct walk_world *)arg)->flushes_answered, 1);
+}
+
+static void walk_listed(ura_session *s, const ura_task *t, size_t n, void *arg)
+{
+	(void)s, (void)t, (void)n;
+	atomic_fetch_add(&((struct walk_world *)arg)->gets_answered, 1);
+}
+
+static void walk_round(void)
+{
+	ura_loop *loop;
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	struct walk_world w = { .s = ura_session_shared(loop) };
+	w.recs = calloc(WALK_N, sizeof(*w.recs));
+	w.handles = calloc(WALK_N, sizeof(ura_task));
+	w.published = calloc(WALK_N, sizeof(*w.published));
+	struct walk_submitter sb[WALK_THREADS];
+	pthread_t th[WALK_THREADS + 1];
+	for (int i = 0; i < WALK_THREADS; i++) {
+		sb[i] = (struct walk_submitter){ &w, i * WALK_PER_THREAD };
+		pthread_create(&th[i], NULL, walk_submit, &sb[i]);
+	}
+	pthread_create(&th[WALK_THREADS], NULL, walk_cancel_timeouts, &w);
+	/* While they run, the loop walks the shared session's tasks over and over. */
+	uint64_t asked = 0;
+	uint64_t end = th_now_ms() + 120000;
+	while (atomic_load(&w.submitters_done) < WALK_THREADS && th_now_ms() < end) {
+		cr_assert_eq(ura_session_flush(w.s, walk_flushed, &w), 0);
+		cr_assert_eq(ura_session_get_all_tasks(w.s, walk_listed, &w), 0);
+		asked++;
+		ura_loop_run_once(loop, false);
+	}
+	for (int i = 0; i <= WALK_THREADS; i++)
+		pthread_join(th[i], NULL);
+	/* Every task ends (nops, short or cancelled timeouts), so every flush answers; the
+	 * last one, asked after every submit, waits for all of them. */
+	cr_assert_eq(ura_session_flush(w.s, walk_flushed, &w), 0);
+	cr_assert_eq(ura_session_get_all_tasks(w.s, walk_listed, &w), 0);
+	asked++;
+	while ((atomic_load(&w.flushes_answered) < asked ||
+		atomic_load(&w.gets_answered) < asked) && th_now_ms() < end)
+		ura_loop_run_once(loop, false);
+	cr_log_info("%lu flushes and get_all_tasks during the race", (unsigned long)asked);
+	cr_assert_eq(atomic_load(&w.gets_answered), asked, "get_all_tasks answers");
+	cr_assert_eq(atomic_load(&w.flushes_answered), asked, "flush answers");
+	for (int i = 0; i < WALK_N; i++)
+		cr_assert_eq(atomic_load(&w.recs[i].terminal), 1, "task %d: %u terminal calls", i,
+			     atomic_load(&w.recs[i].terminal));
+	ura_loop_free(loop);
+	free(w.recs);
+	free(w.handles);
+	free((void *)w.published);
+}
+
+/* Rounds: how much of a round the loop spends racing the submitters depends on the
+ * scheduler (2 cores, 5 threads), so a few rounds make sure some of them overlap. */
+Test(stress, shared_session_walks_racing_other_threads, .timeout = 300)
+{
+	for (int round = 0; round < 5; round++)
+		walk_round();
+}

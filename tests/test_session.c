@@ -268,12 +268,10 @@ static void by_kind(ura_session *s, const ura_task *d, size_t nd, const ura_task
 	atomic_fetch_add(&k->calls, 1);
 }
 
-Test(session, g7_get_tasks_lists_live_tasks_by_kind_not_cancelling)
+/* Submits a read, a read it cancels, a write and a timeout on s, then checks that
+ * get_tasks and get_all_tasks answer later, once, with the three not cancelling. */
+static void check_listing_by_kind(ura_session *s, int p[2])
 {
-	struct th_delegate d = { 0 };
-	ura_session *s = new_session(&d);
-	int p[2];
-	cr_assert_eq(pipe(p), 0);
 	static char rbuf[8], wbuf[8];
 	struct io_uring_sqe sqe;
 	ura_task cancelled;
@@ -296,6 +294,15 @@ Test(session, g7_get_tasks_lists_live_tasks_by_kind_not_cancelling)
 	cr_assert_eq(k.nu, 1, "upload (write): %ld", k.nu);
 	cr_assert_eq(k.ndl, 1, "download (read, the other cancelled): %ld", k.ndl);
 	cr_assert_eq(atomic_load(&all), 3);
+}
+
+Test(session, g7_get_tasks_lists_live_tasks_by_kind_not_cancelling)
+{
+	struct th_delegate d = { 0 };
+	ura_session *s = new_session(&d);
+	int p[2];
+	cr_assert_eq(pipe(p), 0);
+	check_listing_by_kind(s, p);
 	ura_session_invalidate_and_cancel(s);
 	cr_assert_eq(ura_loop_run(loop), 0);
 	close(p[0]);
@@ -327,34 +334,13 @@ Test(session, g8_flush_waits_for_tasks_live_at_the_call_only)
 /* The shared session keeps no task list: its walks scan the registry (session_walk.c). */
 Test(session, g7_shared_session_lists_live_tasks_by_kind_not_cancelling)
 {
-	ura_session *s = ura_session_shared(loop);
 	int p[2];
 	cr_assert_eq(pipe(p), 0);
-	static char rbuf[8], wbuf[8];
-	struct io_uring_sqe sqe;
-	ura_task cancelled;
-	memset(&sqe, 0, sizeof(sqe));
-	io_uring_prep_read(&sqe, p[0], rbuf, 8, 0);
-	cr_assert_eq(ura_submit(s, &sqe, URA_SUBMIT_SUSPENDED, NULL, NULL, NULL), 0);
-	cr_assert_eq(ura_submit(s, &sqe, URA_SUBMIT_SUSPENDED, NULL, NULL, &cancelled), 0);
-	io_uring_prep_write(&sqe, p[1], wbuf, 8, 0);
-	cr_assert_eq(ura_submit(s, &sqe, URA_SUBMIT_SUSPENDED, NULL, NULL, NULL), 0);
-	cr_assert_eq(ura_timeout(s, 60 * SEC, NULL, NULL, NULL), 0);
 	/* A task of another session in the same registry is not the shared session's. */
 	struct th_delegate d = { 0 };
 	ura_session *other = new_session(&d);
 	cr_assert_eq(ura_timeout(other, 60 * SEC, NULL, NULL, NULL), 0);
-	cr_assert_eq(ura_task_cancel(s, cancelled), 0);
-	struct kinds k = { 0 };
-	_Atomic long all = -1;
-	cr_assert_eq(ura_session_get_tasks(s, by_kind, &k), 0);
-	cr_assert_eq(ura_session_get_all_tasks(s, tasks_seen, &all), 0);
-	th_spin(loop, 20);
-	cr_assert_eq(atomic_load(&k.calls), 1);
-	cr_assert_eq(k.nd, 1, "data (timeout): %ld", k.nd);
-	cr_assert_eq(k.nu, 1, "upload (write): %ld", k.nu);
-	cr_assert_eq(k.ndl, 1, "download (read, the other cancelled): %ld", k.ndl);
-	cr_assert_eq(atomic_load(&all), 3);
+	check_listing_by_kind(ura_session_shared(loop), p);
 	ura_session_invalidate_and_cancel(other);
 	cr_assert(th_run_until(loop, &d.final_seen, 10000), "the other session never ended");
 	ura_session_unref(other);

@@ -15,7 +15,7 @@
  *
  * Progress. The shared free stack is a Treiber stack: pop and push are a CAS loop on
  * one 64-bit word, so some thread always completes (lock-free, not wait-free). Growing
- * reserves a chunk index with one fetch_add and publishes with one store; no thread ever
+ * reserves a chunk index with one fetch_add and publishes with one fetch_or; no thread ever
  * waits for another to finish growing (a thread that finds the stack empty grows itself).
  *
  * ABA. The head word is (tag << 32) | (index + 1) and every successful CAS increments the

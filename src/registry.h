@@ -36,10 +36,10 @@ struct ura__slot {
 	 * because a thread popping the free list may read a stale link (see registry.c). */
 	_Atomic uint32_t next;
 	uint32_t prev;                   /* loop: session task list */
-	uint32_t seq;                    /* loop: acceptance order within the session (flush) */
+	uint32_t seq;                    /* loop: acceptance order within the session (flush), */
 	uint8_t opcode;                  /* for get_tasks kinds */
 	uint8_t lflags;                  /* loop: URA__TF_* */
-	uint16_t spare;
+	uint16_t seq_hi;                 /* ...48 bits with these (ura__slot_seq) */
 	/* Written before the slot's state is published (release), read by any thread after
 	 * an acquire load of gen_state with a matching generation. */
 	_Atomic(ura_session *) session;
@@ -156,8 +156,10 @@ static inline void ura__registry_retire(struct ura__slot *s, uint32_t gen)
 {
 	gen = (gen + 1) & URA__GEN_MASK;
 	gen += gen == 0;
-	/* Release: a thread comparing generations after this sees the slot as gone before
-	 * it can see any reuse (reuse happens only after the release below). */
+	/* Release: orders the task's fields before the state for acquire readers. A thread
+	 * comparing generations sees this store before any later one to gen_state (one
+	 * variable's stores have one order), so it sees the task gone before any reuse,
+	 * which comes after ura__registry_release. */
 	atomic_store_explicit(&s->gen_state, ura__gs_make(gen, URA__SLOT_FREE), memory_order_release);
 }
 

@@ -524,12 +524,17 @@ void ura__session_abandon_all(ura_loop *loop)
 			found->retry_armed = false;
 			loop->retry_timers--;
 		}
-		struct ura__task_walk w;
-		uint32_t index;
-		ura__task_walk_start(&w, found);
-		for (struct ura__slot *slot; (slot = ura__task_walk_next(&w, &index));) {
-			slot->lflags &= (uint8_t)~URA__TF_IN_RING;
-			ura__task_finish_now(loop, index, slot, -ECANCELED);
+		/* Passes until one finds nothing: a terminal call may submit again. */
+		for (unsigned finished = 1; finished;) {
+			struct ura__task_walk w;
+			uint32_t index;
+			finished = 0;
+			ura__task_walk_start(&w, found);
+			for (struct ura__slot *slot; (slot = ura__task_walk_next(&w, &index));) {
+				slot->lflags &= (uint8_t)~URA__TF_IN_RING;
+				ura__task_finish_now(loop, index, slot, -ECANCELED);
+				finished++;
+			}
 		}
 		/* Commands still counted (get_tasks, flush) were dropped with the inbox. */
 		uint64_t st = atomic_load_explicit(&found->state, memory_order_acquire);
@@ -612,7 +617,7 @@ static int send_request(ura_session *s, uint8_t kind, uint8_t variant, void *fn,
 	 * count. Tasks other threads submitted before the call are ahead of this command
 	 * in the inbox and are counted too (URA__TF_REMOTE, see struct ura__barrier). From
 	 * another thread, the tasks linked when the command runs are the right bound. */
-	cmd->task = ura__on_loop(s->loop) ? (uint64_t)ura__session_next_seq(s) + 1 : 0;
+	cmd->task = ura__on_loop(s->loop) ? ura__session_next_seq(s) + 1 : 0;
 	/* Always through the inbox, also on the loop thread: the answer is asynchronous. */
 	ura__loop_send(s->loop, cmd);
 	return 0;
@@ -703,7 +708,7 @@ void ura__session_command(struct ura__cmd *cmd)
 	/* FLUSH / RESET: a barrier behind every task accepted so far. The command's memory
 	 * becomes the barrier (same size class is not needed: allocate a small one). */
 	struct ura__barrier want = {
-		.seq_limit = cmd->task ? (uint32_t)(cmd->task - 1) : ura__session_next_seq(s),
+		.seq_limit = cmd->task ? cmd->task - 1 : ura__session_next_seq(s),
 		.seq_mark = ura__session_next_seq(s),
 		.reset = cmd->variant == BARRIER_RESET,
 		.fn = (void (*)(ura_session *, void *))cmd->fn,

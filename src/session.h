@@ -41,7 +41,7 @@ struct ura__barrier {
 	 * request was taken) and either numbered below seq_limit (linked before the call)
 	 * or accepted on another thread (URA__TF_REMOTE: their SUBMIT was ahead of the
 	 * request in the inbox, so they were accepted before the call too). */
-	uint32_t seq_limit, seq_mark;
+	uint64_t seq_limit, seq_mark;
 	uint64_t remaining; /* ...that have not finished */
 	bool reset;
 	void (*fn)(ura_session *, void *);
@@ -138,6 +138,7 @@ static inline void ura__session_task_linked(ura_session *s, uint32_t index, stru
 {
 	uint64_t n = atomic_load_explicit(&s->stats.submitted, memory_order_relaxed);
 	slot->seq = (uint32_t)n;
+	slot->seq_hi = (uint16_t)(n >> 32);
 	ura__stat_set(&s->stats.submitted, n + 1);
 	if (!s->shared) {
 		slot->prev = s->task_tail;
@@ -196,9 +197,9 @@ void ura__task_drop_pending(struct ura__slot *slot);
 void ura__session_after_task(ura_session *s);
 
 /* The sequence number the next task of s will get. Loop thread. */
-static inline uint32_t ura__session_next_seq(ura_session *s)
+static inline uint64_t ura__session_next_seq(ura_session *s)
 {
-	return (uint32_t)atomic_load_explicit(&s->stats.submitted, memory_order_relaxed);
+	return atomic_load_explicit(&s->stats.submitted, memory_order_relaxed);
 }
 
 /* After a task's terminal call: task_did_complete, unlink, free the slot, release the

@@ -61,17 +61,35 @@ struct ura__slot *ura__task_walk_next(struct ura__task_walk *w, uint32_t *index)
 	if (!w->next1)
 		return NULL;
 	struct ura__slot *slot = ura__session_slot(w->s, w->next1);
+	/* The slot read as next was finished meanwhile (an act's callbacks can end other
+	 * tasks, e.g. a cancel finished at once for want of memory): it is off the list,
+	 * and its link is a free-list link now. Start again from the head; acts on tasks
+	 * already seen find them changed and do nothing. Relaxed: the loop's own store. */
+	if (ura__gs_state(atomic_load_explicit(&slot->gen_state, memory_order_relaxed)) ==
+	    URA__SLOT_FREE) {
+		if (!w->s->task_head)
+			return NULL;
+		slot = ura__session_slot(w->s, w->next1 = w->s->task_head);
+	}
 	*index = w->next1 - 1;
 	w->next1 = atomic_load_explicit(&slot->next, memory_order_relaxed);
 	return slot;
 }
 
-/* Whether barrier b waits for the task in slot (see struct ura__barrier). Sequence
- * numbers wrap, so they are compared by difference. */
+/* seq < bound, for a task's 48-bit sequence number and a full one: by the sign of the
+ * 48-bit difference, which is right while fewer than 2^47 tasks are submitted between
+ * the two (32 bits were not: 2^31 submits during one pending flush take minutes). */
+static bool seq_before(const struct ura__slot *slot, uint64_t bound)
+{
+	uint64_t seq = (uint64_t)slot->seq_hi << 32 | slot->seq;
+	return (int64_t)((seq - bound) << 16) < 0;
+}
+
+/* Whether barrier b waits for the task in slot (see struct ura__barrier). */
 static bool waits_for(const struct ura__barrier *b, const struct ura__slot *slot)
 {
-	return (int32_t)(slot->seq - b->seq_mark) < 0 &&
-	       ((int32_t)(slot->seq - b->seq_limit) < 0 || (slot->lflags & URA__TF_REMOTE));
+	return seq_before(slot, b->seq_mark) &&
+	       (seq_before(slot, b->seq_limit) || (slot->lflags & URA__TF_REMOTE));
 }
 
 uint64_t ura__session_barrier_count(ura_session *s, const struct ura__barrier *b)

@@ -85,9 +85,9 @@ static inline void ura__task_end(ura_session *s, struct ura__slot *slot, ura_tas
 	 * COMPLETED (a cancel gets -ENOENT), as it should once the terminal call has begun,
 	 * and this is the slot's only state store at a task's end. A plain store: the
 	 * state is the loop's to set; a cancel racing it finds the task gone or won just
-	 * before, which the contract allows. The slot stays on the session's list until
-	 * ura__session_task_finished (FREE there means finishing) and is reused only after
-	 * it is released. URA__TF_IN_RING stays set: nothing acts on a FREE slot's flags
+	 * before, which the contract allows. The slot stays on the session's list (the
+	 * shared session keeps none) until ura__session_task_finished (FREE there means
+	 * finishing) and is reused only after it is released. URA__TF_IN_RING stays set: nothing acts on a FREE slot's flags
 	 * (every cancel and resume path checks the state first). */
 	ura__registry_retire(slot, ura__handle_gen(t));
 	if (slot->fn)

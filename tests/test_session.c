@@ -7,6 +7,7 @@
 #include <criterion/criterion.h>
 
 #include "helpers.h"
+#include "session.h" /* the submit counter, to stand in for 2^31 submits */
 
 #define SEC 1000000000ull
 
@@ -445,6 +446,39 @@ Test(session, g8_flush_waits_for_tasks_other_threads_submitted_before_the_call)
 	ura_session_invalidate_and_cancel(sessions[0]);
 	cr_assert_eq(ura_loop_run(loop), 0);
 	ura_session_unref(sessions[0]);
+}
+
+static void set_flag(ura_session *s, void *arg)
+{
+	(void)s;
+	atomic_store((_Atomic int *)arg, 1);
+}
+
+/* A flush pending while billions of tasks pass must still wait for its own task: task
+ * numbers are compared on 48 bits. The counter jumps stand in for 2^31 and 2^32 submits
+ * (about 3 and 7 minutes of NOPs at full speed). */
+Test(session, g8_flush_waits_across_billions_of_later_submits)
+{
+	ura_session *s = ura_session_shared(loop);
+	for (int k = 31; k <= 32; k++) {
+		_Atomic int a_done = 0, b_done = 0, flushed = 0;
+		struct io_uring_sqe sqe;
+		memset(&sqe, 0, sizeof(sqe));
+		io_uring_prep_nop(&sqe);
+		ura_task a;
+		cr_assert_eq(ura_submit(s, &sqe, URA_SUBMIT_SUSPENDED, count_end, &a_done, &a), 0);
+		cr_assert_eq(ura_session_flush(s, set_flag, &flushed), 0);
+		th_spin(loop, 20);
+		atomic_store(&s->stats.submitted, atomic_load(&s->stats.submitted) + (1ull << k));
+		cr_assert_eq(ura_nop(s, count_end, &b_done, NULL), 0);
+		cr_assert(th_run_until_int(loop, &b_done, 1, 5000));
+		th_spin(loop, 20);
+		cr_assert_eq(atomic_load(&flushed), 0, "2^%d submits later, the flush ran before "
+			     "its task", k);
+		cr_assert_eq(ura_task_resume(s, a), 0);
+		cr_assert(th_run_until_int(loop, &flushed, 1, 5000));
+		cr_assert_eq(atomic_load(&a_done), 1);
+	}
 }
 
 Test(session, g8_reset_is_a_barrier_then_clears_stats)

@@ -52,6 +52,12 @@ struct ura__slot {
 };
 _Static_assert(sizeof(struct ura__slot) <= 64, "a registry slot must fit one cache line");
 
+/* A slot's 48-bit sequence number (seq and seq_hi). Loop thread. */
+static inline uint64_t ura__slot_seq(const struct ura__slot *s)
+{
+	return (uint64_t)s->seq_hi << 32 | s->seq;
+}
+
 /* Slot flags (slot->lflags), loop thread only. */
 enum {
 	URA__TF_IN_RING = 1u << 0,     /* its SQE has been handed to the ring */

@@ -6,9 +6,9 @@
  * (tasks whose SUBMIT command is in the inbox, get_tasks/flush requests); such a unit is
  * added only by a CAS that sees no invalidation flag (ura__session_count_get), so from
  * the instant invalidation sets its flag nothing new is accepted from any thread. Tasks
- * the loop thread has linked are counted in ura__session_live(s), a loop-only counter: that thread
- * also decides the final event, so a task it accepted after seeing no flag is counted
- * before any final check can run. The final event needs both at zero.
+ * the loop thread has linked are counted in ura__session_live(s), a loop-only counter:
+ * that thread also decides the final event, so a task it accepted after seeing no flag
+ * is counted before any final check can run. The final event needs both at zero.
  *
  * The final event. The loop thread watches a session once it has seen its FINISH flag
  * (s->invalidating). It emits did_become_invalid when, on the loop thread at top level
@@ -268,9 +268,9 @@ void ura__session_after_task(ura_session *s)
 #define RETRY_FIRST_MS 1u
 #define RETRY_MAX_MS 128u
 
-/* Calls act on every task of s, oldest first; returns how many calls answered true. The
- * link is read first: acting never frees a task here (finishes are deferred or come
- * from CQEs), but the walk does not depend on that. */
+/* Calls act on every task of s (ura__task_walk); returns how many calls answered true.
+ * An act that ends tasks (a cancel finished at once for want of memory) makes the walk
+ * start again from the head; the acts used here do nothing to a task acted on before. */
 static unsigned for_each_task(ura_session *s,
 			      bool (*act)(ura_loop *, uint32_t, struct ura__slot *))
 {

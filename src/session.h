@@ -13,10 +13,11 @@
 /*
  * The session's state word: flag bits on top, below them the units of work accepted by
  * other threads and not yet taken over by the loop (tasks whose SUBMIT is in the inbox,
- * get_tasks/flush requests). Tasks linked on the loop thread are counted in stats.in_flight (ura__session_live). Submit and invalidation meet here, lock-free: a submit adds one
- * to the count only while no invalidation bit is set (CAS), and invalidation sets a bit
- * (fetch_or). Whichever comes first in the word's modification order wins: the submit is
- * refused, or it is counted and the final event waits for it.
+ * get_tasks/flush requests). Tasks linked on the loop thread are counted in
+ * stats.in_flight (ura__session_live). Submit and invalidation meet here, lock-free: a
+ * submit adds one to the count only while no invalidation bit is set (CAS), and
+ * invalidation sets a bit (fetch_or). Whichever comes first in the word's modification
+ * order wins: the submit is refused, or it is counted and the final event waits for it.
  */
 #define URA__SS_FINISH (1ull << 62)  /* finish_tasks_and_invalidate requested */
 #define URA__SS_CANCEL (1ull << 61)  /* invalidate_and_cancel requested */

@@ -81,8 +81,7 @@ struct ura__slot *ura__task_walk_next(struct ura__task_walk *w, uint32_t *index)
  * the two (32 bits were not: 2^31 submits during one pending flush take minutes). */
 static bool seq_before(const struct ura__slot *slot, uint64_t bound)
 {
-	uint64_t seq = (uint64_t)slot->seq_hi << 32 | slot->seq;
-	return (int64_t)((seq - bound) << 16) < 0;
+	return (int64_t)((ura__slot_seq(slot) - bound) << 16) < 0;
 }
 
 /* Whether barrier b waits for the task in slot (see struct ura__barrier). */

@@ -76,8 +76,12 @@ int ura_loop_new(const struct ura_loop_config *cfg, ura_loop **out);
 
 /*
  * Invalidates and cancels every live session, drains the ring (each session gets its
- * final event, with error -ESHUTDOWN), then frees the loop. Session references the
- * caller still holds stay valid until their last unref. NULL is fine. Loop thread.
+ * final event, with error -ESHUTDOWN), then frees the loop. Session, connection and
+ * listener references the caller still holds stay valid until their last unref, and
+ * calls through them from any thread, also while this runs, answer -ESHUTDOWN (or
+ * -ENOENT) and touch nothing freed. NULL is fine. Loop thread, outside callbacks: called
+ * from inside a callback of this loop it does nothing (the running iteration still
+ * uses the loop).
  */
 void ura_loop_free(ura_loop *loop);
 

@@ -31,8 +31,12 @@ struct ura_listener {
 static void release(ura_listener *l)
 {
 	/* acq_rel: the last release sees the other holders' writes before freeing. */
-	if (atomic_fetch_sub_explicit(&l->refs, 1, memory_order_acq_rel) == 1)
-		ura__free(l);
+	if (atomic_fetch_sub_explicit(&l->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	/* The session is kept to the end: ura_listener_cancel may still name it from
+	 * another thread after its final event, and it keeps the loop object alive. */
+	ura_session_unref(l->io);
+	ura__free(l);
 }
 
 static void on_accept(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg);
@@ -74,8 +78,6 @@ static void listener_invalid(ura_session *s, int error, void *ctx)
 		l->active_counted = false;
 		l->loop->active_handles--;
 	}
-	ura_session_unref(l->io);
-	l->io = NULL;
 	release(l);
 }
 

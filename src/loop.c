@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -187,6 +188,7 @@ int ura_loop_new(const struct ura_loop_config *cfg, ura_loop **out)
 	ura_loop *loop = ura__zalloc_aligned(sizeof(*loop), ura__one_page_align(sizeof(*loop)));
 	if (!loop)
 		return -ENOMEM;
+	atomic_init(&loop->refs, 1); /* the loop's own, dropped by ura_loop_free */
 	loop->owner = pthread_self();
 	loop->owner_mark = &ura__thread_mark;
 	/* Relaxed: the tag only has to differ between loops alive together, mostly. */
@@ -261,22 +263,31 @@ void ura_loop_stop(ura_loop *loop)
 		return;
 	/* Release: pairs with the loop's acquire load; nothing else to order. */
 	atomic_store_explicit(&loop->stop, true, memory_order_release);
-	if (!ura__on_loop(loop))
+	if (!ura__on_loop(loop) && ura__loop_enter(loop)) {
 		ura__loop_wake(loop);
+		ura__loop_leave(loop);
+	}
 }
 
 int ura_loop_post(ura_loop *loop, void (*fn)(void *arg), void *arg)
 {
 	if (!loop || !fn)
 		return -EINVAL;
+	bool on_loop = ura__on_loop(loop);
+	if (!on_loop && !ura__loop_enter(loop))
+		return -ESHUTDOWN;
+	int r = -ENOMEM;
 	struct ura__cmd *cmd = ura__malloc(sizeof(*cmd));
-	if (!cmd)
-		return -ENOMEM;
-	cmd->kind = URA__CMD_POST;
-	cmd->fn = (void *)fn;
-	cmd->arg = arg;
-	ura__loop_send(loop, cmd);
-	return 0;
+	if (cmd) {
+		cmd->kind = URA__CMD_POST;
+		cmd->fn = (void *)fn;
+		cmd->arg = arg;
+		ura__loop_send(loop, cmd);
+		r = 0;
+	}
+	if (!on_loop)
+		ura__loop_leave(loop);
+	return r;
 }
 
 struct io_uring_sqe *ura__loop_task_sqe(ura_loop *loop)
@@ -315,10 +326,8 @@ static unsigned run_commands(ura_loop *loop)
 		case URA__CMD_CALL:
 			((void (*)(void *))cmd->fn)(cmd->arg);
 			break;
-		case URA__CMD_SESSION:
-			ura__session_check(cmd->session);
-			ura_session_unref(cmd->session);
-			ura__free(cmd);
+		case URA__CMD_SESSION: /* embedded in the session */
+			ura__session_notice(cmd->session);
 			break;
 		default: /* GET_TASKS, FLUSH */
 			ura__session_command(cmd);
@@ -330,9 +339,7 @@ static unsigned run_commands(ura_loop *loop)
 
 static bool deferred_pending(ura_loop *loop)
 {
-	/* Relaxed: see run_deferred; a flag set just after this read waits one iteration,
-	 * as it would if it were set just after run_deferred's own read. */
-	return loop->deferred.len || atomic_load_explicit(&loop->sessions_dirty, memory_order_relaxed);
+	return loop->deferred.len;
 }
 
 static unsigned run_deferred(ura_loop *loop)
@@ -345,22 +352,14 @@ static unsigned run_deferred(ura_loop *loop)
 		struct ura__deferred *d = (struct ura__deferred *)batch.items + i;
 		if (d->kind == URA__DEFER_CANCELLED) {
 			ura__task_deferred_cancel(loop, d->task);
-		} else if (d->kind == URA__DEFER_RETRY_CHECK) {
+		} else { /* URA__DEFER_RETRY_CHECK */
 			ura__session_retry_check(d->session);
-			ura_session_unref(d->session);
-		} else {
-			ura__session_check(d->session);
 			ura_session_unref(d->session);
 		}
 	}
 	unsigned n = batch.len;
 	batch.len = 0;
 	loop->deferred_alt = batch;
-	/* Acquire: pairs with the release store of a notifier that could not allocate.
-	 * The relaxed load first keeps the exchange off the common path. */
-	if (atomic_load_explicit(&loop->sessions_dirty, memory_order_relaxed) &&
-	    atomic_exchange_explicit(&loop->sessions_dirty, false, memory_order_acquire))
-		ura__session_rescan(loop);
 	return n;
 }
 
@@ -528,6 +527,45 @@ int ura_loop_run(ura_loop *loop)
 	return r;
 }
 
+/* ------------------------------------------------------------ lifetime */
+
+/*
+ * Lifetime. Other threads reach the loop through what they hold (a session, connection
+ * or listener), and may call in at any time, also while ura_loop_free runs. Two things
+ * make that safe:
+ *   - The loop object outlives every such holder: each holds a reference (loop->refs),
+ *     so a caller can always read s->loop's gate, owner and flags.
+ *   - What ura_loop_free releases (ring, registry, inbox, wakeup fd) is used by other
+ *     threads only between ura__loop_enter and ura__loop_leave. ura_loop_free first
+ *     ends every session and connection, then closes the gate (fetch_or) and waits for
+ *     the callers inside to leave. A caller whose increment comes before the close in
+ *     the gate's order is seen by the wait and is waited for; one whose increment comes
+ *     after it reads the CLOSED bit and touches nothing. Callers stay inside for a
+ *     bounded time (no call blocks inside the gate), so the wait ends.
+ */
+void ura__loop_ref(ura_loop *loop)
+{
+	/* Relaxed: the caller holds a reference already (or is the loop's creator). */
+	atomic_fetch_add_explicit(&loop->refs, 1, memory_order_relaxed);
+}
+
+void ura__loop_unref(ura_loop *loop)
+{
+	/* acq_rel: the last unref sees every other holder's accesses before the free. */
+	if (atomic_fetch_sub_explicit(&loop->refs, 1, memory_order_acq_rel) == 1)
+		ura__free(loop);
+}
+
+/* Shuts the gate and waits until no other thread is inside a call. Loop thread. */
+static void close_gate(ura_loop *loop)
+{
+	/* acq_rel: the RMW orders after every entry before it in the gate's order. */
+	atomic_fetch_or_explicit(&loop->gate, URA__GATE_CLOSED, memory_order_acq_rel);
+	/* Acquire: pairs with each caller's release in ura__loop_leave. */
+	while (atomic_load_explicit(&loop->gate, memory_order_acquire) != URA__GATE_CLOSED)
+		sched_yield();
+}
+
 /* ---------------------------------------------------------------- free */
 
 static bool sessions_pending(ura_loop *loop)
@@ -560,9 +598,11 @@ static void disarm_wake(ura_loop *loop, uint64_t deadline)
 
 void ura_loop_free(ura_loop *loop)
 {
-	if (!loop)
+	/* Inside a callback the iteration below it still uses the loop, and inside
+	 * ura_loop_free the free is under way: refused (ura.h). */
+	if (!loop || loop->running || atomic_load_explicit(&loop->freeing, memory_order_relaxed))
 		return;
-	loop->freeing = true;
+	atomic_store_explicit(&loop->freeing, true, memory_order_relaxed);
 	ura__session_invalidate_all(loop, -ESHUTDOWN);
 	uint64_t deadline = ura__now_ns() + FREE_DRAIN_NS;
 	const struct __kernel_timespec tick = { .tv_nsec = 100 * 1000 * 1000 };
@@ -572,6 +612,8 @@ void ura_loop_free(ura_loop *loop)
 		/* Sessions created by callbacks during the drain are cancelled too. */
 		ura__session_invalidate_all(loop, -ESHUTDOWN);
 	}
+	/* From here no other thread can be inside a call: what remains is the loop's. */
+	close_gate(loop);
 	disarm_wake(loop, deadline);
 	ura__conn_loop_cleanup(loop);
 	/* Closing the ring makes the kernel cancel and wait for anything left, so what
@@ -581,16 +623,16 @@ void ura_loop_free(ura_loop *loop)
 	for (struct ura__inbox_node *n = ura__inbox_take(&loop->inbox); n;) {
 		struct ura__cmd *cmd = (struct ura__cmd *)n;
 		n = n->next;
-		/* Only SESSION commands hold a reference; the others held a count unit,
-		 * which abandon_all has already released. */
+		/* A session's notice holds a reference and is embedded in the session; the
+		 * others held a count unit, which abandon_all has already released. */
 		if (cmd->kind == URA__CMD_SESSION)
-			ura_session_unref(cmd->session);
-		if (cmd->kind != URA__CMD_CALL) /* embedded in its owner, not ours to free */
+			ura__session_notice_drop(cmd->session);
+		else if (cmd->kind != URA__CMD_CALL) /* embedded in its owner */
 			ura__free(cmd);
 	}
 	for (uint32_t i = 0; i < loop->deferred.len; i++) {
 		struct ura__deferred *d = (struct ura__deferred *)loop->deferred.items + i;
-		if (d->kind != URA__DEFER_CANCELLED) /* SESSION, RETRY_CHECK: a reference */
+		if (d->kind != URA__DEFER_CANCELLED) /* RETRY_CHECK: a reference */
 			ura_session_unref(d->session);
 	}
 	ura__session_release_shared(loop);
@@ -601,5 +643,5 @@ void ura_loop_free(ura_loop *loop)
 	ura__registry_destroy(&loop->registry);
 	close(loop->wake_fd);
 	pthread_mutex_destroy(&loop->sessions_lock);
-	ura__free(loop);
+	ura__loop_unref(loop); /* the object goes with the last session or connection */
 }

@@ -35,7 +35,7 @@ enum ura__cmd_kind {
 	URA__CMD_CANCEL,     /* ura_task_cancel from another thread */
 	URA__CMD_RESUME,     /* ura_task_resume from another thread */
 	URA__CMD_POST,       /* ura_loop_post */
-	URA__CMD_SESSION,    /* a session's invalidation state changed */
+	URA__CMD_SESSION,    /* a session's notice (embedded in it, see session.c) */
 	URA__CMD_GET_TASKS,  /* get_all_tasks / get_tasks */
 	URA__CMD_FLUSH,      /* flush / reset barrier */
 	URA__CMD_CALL,       /* fn(arg) with a command embedded in its owner: never freed */
@@ -60,7 +60,7 @@ struct ura__deferred {
 	ura_task task;
 	ura_session *session;
 };
-enum { URA__DEFER_CANCELLED, URA__DEFER_SESSION, URA__DEFER_RETRY_CHECK };
+enum { URA__DEFER_CANCELLED, URA__DEFER_RETRY_CHECK };
 
 /* A per-task ASYNC_CANCEL waiting for SQ room. */
 struct ura__cancel_req {
@@ -74,7 +74,16 @@ struct ura__vec {
 };
 
 struct ura_loop {
-	struct io_uring ring;
+	/* Calls from other threads inside the loop, plus URA__GATE_CLOSED once
+	 * ura_loop_free has shut it (loop.c, "Lifetime"). Every remote call writes it:
+	 * first, on its own line. */
+	_Alignas(64) _Atomic uint64_t gate;
+	/* References to this object: the loop's own until ura_loop_free, and one per
+	 * session, connection and listener, so that a call through any of them can
+	 * still read the gate after the loop is freed. */
+	_Atomic uint32_t refs;
+
+	_Alignas(64) struct io_uring ring;
 	uint32_t features;
 	unsigned sq_entries, cq_entries; /* as the kernel granted them */
 	unsigned cancel_headroom; /* SQ entries task submissions leave free for cancels */
@@ -102,7 +111,7 @@ struct ura_loop {
 	uint64_t active_handles;  /* connections and listeners keep the loop running */
 	uint64_t invalidating;    /* sessions waiting for their final event */
 	unsigned running;         /* nesting guard: run_once is not reentrant */
-	bool freeing;             /* ura_loop_free has started: no new sessions */
+	_Atomic bool freeing;     /* ura_loop_free has started: no new sessions */
 	bool freeing_ring;        /* the wakeup read is being retired: do not re-arm it */
 
 	/* Open transactions (ura_transaction_begin/end), any thread. */
@@ -110,9 +119,8 @@ struct ura_loop {
 	/* The receive buffer ring connections share (conn_io.c), created on first use. */
 	ura_buf_ring *conn_bufs;
 
-	/* Any thread: a stop request; sessions to rescan (a notification failed to allocate). */
+	/* Any thread: a stop request. */
 	_Atomic bool stop;
-	_Atomic bool sessions_dirty;
 
 	/* Sessions of this loop that have not had their final event. */
 	pthread_mutex_t sessions_lock;
@@ -151,6 +159,38 @@ static inline struct io_uring_sqe *ura__loop_next_sqe(ura_loop *loop)
 	struct io_uring_sq *sq = &loop->ring.sq;
 	return &sq->sqes[sq->sqe_tail++ & sq->ring_mask];
 }
+
+#define URA__GATE_CLOSED (1ull << 63)
+
+/*
+ * A call from another thread enters the loop before it touches anything ura_loop_free
+ * releases (the registry, the inbox, the wakeup fd) and leaves when done. false: the
+ * loop is closed; the caller answers -ESHUTDOWN (or -ENOENT) and touches nothing. The
+ * loop object itself stays readable as long as the caller holds a session, connection
+ * or listener of it (loop->refs). Any thread; the loop thread never needs it.
+ */
+static inline bool ura__loop_enter(ura_loop *loop)
+{
+	/* Acquire: this call's reads of the loop's resources stay after the increment,
+	 * which ura_loop_free's closing RMW then sees (it waits for us to leave). */
+	uint64_t g = atomic_fetch_add_explicit(&loop->gate, 1, memory_order_acquire);
+	if (!(g & URA__GATE_CLOSED))
+		return true;
+	/* Relaxed: we touched nothing; the closer only waits for the count to drop. */
+	atomic_fetch_sub_explicit(&loop->gate, 1, memory_order_relaxed);
+	return false;
+}
+
+static inline void ura__loop_leave(ura_loop *loop)
+{
+	/* Release: every access this call made happens-before the closer's acquire load
+	 * that sees the count reach zero, and so before the resources are released. */
+	atomic_fetch_sub_explicit(&loop->gate, 1, memory_order_release);
+}
+
+/* Keeps the loop object (not its ring or registry) allocated. Any thread. */
+void ura__loop_ref(ura_loop *loop);
+void ura__loop_unref(ura_loop *loop);
 
 /* Sends a command to the loop thread and wakes it if needed. Any thread. */
 void ura__loop_send(ura_loop *loop, struct ura__cmd *cmd);

@@ -134,8 +134,10 @@ void ura__registry_spill(struct ura__registry *r, uint32_t index, struct ura__sl
  * index, or -ENOMEM. */
 static inline int64_t ura__registry_alloc(struct ura__registry *r, bool on_loop)
 {
+	if (!on_loop) /* first: the cache is not even to be read off the loop thread */
+		return ura__registry_alloc_shared(r);
 	uint32_t head = r->local_head;
-	if (!on_loop || !head)
+	if (!head)
 		return ura__registry_alloc_shared(r);
 	struct ura__slot *s = ura__registry_slot_at(r, head - 1);
 	/* Relaxed: the cache is the loop thread's own; next is atomic only because of the

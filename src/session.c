@@ -37,6 +37,7 @@ static ura_session *session_alloc(ura_loop *loop, const struct ura_session_deleg
 	atomic_init(&s->state, 0);
 	atomic_init(&s->refs, 1);
 	s->loop = loop;
+	ura__loop_ref(loop); /* the gate stays readable while s exists */
 	if (d)
 		s->delegate = *d;
 	s->ctx = ctx;
@@ -72,16 +73,24 @@ int ura_session_new(ura_loop *loop, const struct ura_session_delegate *d, void *
 {
 	if (!loop || !out)
 		return -EINVAL;
-	if (loop->freeing)
+	bool on_loop = ura__on_loop(loop);
+	if (!on_loop && !ura__loop_enter(loop))
 		return -ESHUTDOWN;
-	ura_session *s = session_alloc(loop, d, ctx);
-	if (!s)
-		return -ENOMEM;
-	/* Two references: the caller's, and the loop's until the final event. */
-	atomic_store_explicit(&s->refs, 2, memory_order_relaxed);
-	session_link(loop, s);
-	*out = s;
-	return 0;
+	/* Relaxed: a session linked while the free runs is still ended by it (its drain
+	 * and abandon_all walk the list); the flag only saves the work. */
+	int r = atomic_load_explicit(&loop->freeing, memory_order_relaxed) ? -ESHUTDOWN : 0;
+	ura_session *s = r ? NULL : session_alloc(loop, d, ctx);
+	if (!r && !s)
+		r = -ENOMEM;
+	if (s) {
+		/* Two references: the caller's, and the loop's until the final event. */
+		atomic_store_explicit(&s->refs, 2, memory_order_relaxed);
+		session_link(loop, s);
+		*out = s;
+	}
+	if (!on_loop)
+		ura__loop_leave(loop);
+	return r;
 }
 
 int ura__session_shared_new(ura_loop *loop, ura_session **out)
@@ -122,7 +131,9 @@ void ura_session_unref(ura_session *s)
 	free(s->description);
 	ura__free(s->scratch);
 	pthread_mutex_destroy(&s->desc_lock);
+	ura_loop *loop = s->loop;
 	ura__free(s);
+	ura__loop_unref(loop);
 }
 
 /* ------------------------------------------------------------ counting */
@@ -141,29 +152,52 @@ int ura__session_count_get(ura_session *s)
 	return 0;
 }
 
-/* Asks the loop to look at s at its next drain (holding a reference until then). */
-static void notify_loop(ura_session *s, struct ura__cmd *cmd)
+/*
+ * Asks the loop to look at s at its next drain, through the notice embedded in s: no
+ * allocation, so no request and no last count unit can go unnoticed.
+ *
+ * One notice is queued at a time. A notifier changes s->state, then sets notice_queued
+ * (exchange); the loop clears it (exchange) before it reads the state. If the notifier
+ * finds it set, its exchange comes before the loop's in the flag's order, so the loop's
+ * acquire exchange reads a value the notifier's release exchange wrote (or a later one
+ * of its release sequence): the state change happens-before the loop's check. If it
+ * finds it clear, it queues the notice itself. Either way the change is looked at.
+ */
+static void notify_loop(ura_session *s)
 {
+	/* acq_rel: release publishes this thread's state change to the loop's exchange in
+	 * ura__session_notice; acquire is not needed but harmless. */
+	if (atomic_exchange_explicit(&s->notice_queued, true, memory_order_acq_rel))
+		return;
 	ura_loop *loop = s->loop;
-	ura_session_ref(s);
-	if (ura__on_loop(loop)) {
-		ura__free(cmd);
-		if (ura__loop_defer(loop, URA__DEFER_SESSION, 0, s) == 0)
-			return;
-		cmd = NULL;
-	}
-	if (!cmd)
-		cmd = ura__malloc(sizeof(*cmd));
-	if (!cmd) {
-		/* No memory for the message: the loop rescans its sessions instead. */
-		atomic_store_explicit(&loop->sessions_dirty, true, memory_order_release);
-		ura_session_unref(s);
-		ura__loop_wake(loop);
+	bool on_loop = ura__on_loop(loop);
+	if (!on_loop && !ura__loop_enter(loop)) {
+		/* ura_loop_free has ended every session: nothing left to look at. */
+		atomic_store_explicit(&s->notice_queued, false, memory_order_relaxed);
 		return;
 	}
-	cmd->kind = URA__CMD_SESSION;
-	cmd->session = s;
-	ura__loop_send(loop, cmd);
+	ura_session_ref(s); /* until the loop has handled the notice */
+	s->notice.kind = URA__CMD_SESSION;
+	s->notice.session = s;
+	/* Also on the loop thread through the inbox: never inside the caller's call. */
+	ura__loop_send(loop, &s->notice);
+	if (!on_loop)
+		ura__loop_leave(loop);
+}
+
+void ura__session_notice(ura_session *s)
+{
+	/* acq_rel: acquire pairs with the notifiers' release exchange (see notify_loop);
+	 * a notifier after this exchange queues the notice again. */
+	atomic_exchange_explicit(&s->notice_queued, false, memory_order_acq_rel);
+	ura__session_check(s);
+	ura_session_unref(s);
+}
+
+void ura__session_notice_drop(ura_session *s)
+{
+	atomic_store_explicit(&s->notice_queued, false, memory_order_relaxed);
+	ura_session_unref(s);
 }
 
 static bool last_unit_of_invalidating(uint64_t old)
@@ -177,7 +211,7 @@ void ura__session_count_put(ura_session *s)
 	 * another check emits after reading the count (acquire there). */
 	uint64_t old = atomic_fetch_sub_explicit(&s->state, 1, memory_order_acq_rel);
 	if (last_unit_of_invalidating(old))
-		notify_loop(s, NULL);
+		notify_loop(s);
 }
 
 void ura__session_count_moved(ura_session *s)
@@ -185,15 +219,6 @@ void ura__session_count_moved(ura_session *s)
 	/* Relaxed: only the loop thread reads the count for the final event, and it is the
 	 * thread doing this; the live count already holds the task. */
 	atomic_fetch_sub_explicit(&s->state, 1, memory_order_relaxed);
-}
-
-void ura__session_count_put_remote(ura_session *s, struct ura__cmd *cmd)
-{
-	uint64_t old = atomic_fetch_sub_explicit(&s->state, 1, memory_order_acq_rel);
-	if (last_unit_of_invalidating(old))
-		notify_loop(s, cmd);
-	else
-		ura__free(cmd);
 }
 
 /* -------------------------------------------------------------- tasks */
@@ -438,7 +463,7 @@ static void request_invalidation(ura_session *s, uint64_t bits)
 	uint64_t zero = 0;
 	atomic_compare_exchange_strong_explicit(&s->invalidate_requested_ns, &zero, ura__now_ns(),
 						memory_order_relaxed, memory_order_relaxed);
-	notify_loop(s, NULL);
+	notify_loop(s);
 }
 
 void ura_session_finish_tasks_and_invalidate(ura_session *s)
@@ -486,22 +511,6 @@ void ura__session_invalidate_all(ura_loop *loop, int error)
 		atomic_compare_exchange_strong_explicit(&s->invalidate_requested_ns, &zero,
 							ura__now_ns(), memory_order_relaxed,
 							memory_order_relaxed);
-		ura__session_check(s);
-		ura_session_unref(s);
-	}
-}
-
-/* Invalidation the loop has not acted on yet (its notification was lost to ENOMEM). */
-static bool missed_invalidation(ura_session *s, uint64_t st)
-{
-	return (st & URA__SS_FINISH) && !(st & URA__SS_FINAL) &&
-	       (!s->invalidating || ((st & URA__SS_CANCEL) && !s->cancel_all_done));
-}
-
-void ura__session_rescan(ura_loop *loop)
-{
-	ura_session *s;
-	while ((s = find_session(loop, missed_invalidation))) {
 		ura__session_check(s);
 		ura_session_unref(s);
 	}
@@ -599,28 +608,34 @@ static int send_request(ura_session *s, uint8_t kind, uint8_t variant, void *fn,
 		return -EINVAL;
 	if (atomic_load_explicit(&s->state, memory_order_acquire) & URA__SS_FLAGS)
 		return -ESHUTDOWN;
+	ura_loop *loop = s->loop;
+	bool on_loop = ura__on_loop(loop);
+	if (!on_loop && !ura__loop_enter(loop))
+		return -ESHUTDOWN;
+	int r = -ENOMEM;
 	struct ura__cmd *cmd = ura__malloc(sizeof(*cmd));
-	if (!cmd)
-		return -ENOMEM;
-	int r = ura__session_count_get(s);
-	if (r < 0) {
+	if (cmd && (r = ura__session_count_get(s)) < 0)
 		ura__free(cmd);
-		return r;
+	if (r == 0) {
+		cmd->kind = kind;
+		cmd->variant = variant;
+		cmd->session = s;
+		cmd->fn = fn;
+		cmd->arg = arg;
+		/* A barrier covers the tasks live at the call, on whatever thread: the next
+		 * sequence number now bounds the tasks the loop thread has linked (a link
+		 * that happens-before this call is seen by this read, relaxed or not), and
+		 * tasks other threads submitted before the call are ahead of this command in
+		 * the inbox (URA__TF_REMOTE, see struct ura__barrier). Later tasks, also the
+		 * loop thread's before it takes the command, are not waited for. */
+		cmd->task = ura__session_next_seq(s) + 1;
+		/* Always through the inbox, also on the loop thread: the answer is
+		 * asynchronous. */
+		ura__loop_send(loop, cmd);
 	}
-	cmd->kind = kind;
-	cmd->variant = variant;
-	cmd->session = s;
-	cmd->fn = fn;
-	cmd->arg = arg;
-	/* A barrier covers the tasks live at the call. On the loop thread, remember the
-	 * next sequence number: later submits from this thread link at once and must not
-	 * count. Tasks other threads submitted before the call are ahead of this command
-	 * in the inbox and are counted too (URA__TF_REMOTE, see struct ura__barrier). From
-	 * another thread, the tasks linked when the command runs are the right bound. */
-	cmd->task = ura__on_loop(s->loop) ? ura__session_next_seq(s) + 1 : 0;
-	/* Always through the inbox, also on the loop thread: the answer is asynchronous. */
-	ura__loop_send(s->loop, cmd);
-	return 0;
+	if (!on_loop)
+		ura__loop_leave(loop);
+	return r;
 }
 
 enum { GET_ALL, GET_BY_KIND, BARRIER_FLUSH, BARRIER_RESET };
@@ -708,7 +723,7 @@ void ura__session_command(struct ura__cmd *cmd)
 	/* FLUSH / RESET: a barrier behind every task accepted so far. The command's memory
 	 * becomes the barrier (same size class is not needed: allocate a small one). */
 	struct ura__barrier want = {
-		.seq_limit = cmd->task ? cmd->task - 1 : ura__session_next_seq(s),
+		.seq_limit = cmd->task - 1,
 		.seq_mark = ura__session_next_seq(s),
 		.reset = cmd->variant == BARRIER_RESET,
 		.fn = (void (*)(ura_session *, void *))cmd->fn,

@@ -81,6 +81,12 @@ struct ura_session {
 	size_t scratch_cap;
 	ura_session *next_in_loop, *prev_in_loop; /* under loop->sessions_lock */
 
+	/* The session's one notice to the loop ("look at me": an invalidation or a last
+	 * count unit). Embedded, so that sending it never allocates and a final event can
+	 * never be lost to ENOMEM; notice_queued says it is in the inbox (session.c). */
+	struct ura__cmd notice;
+	_Atomic bool notice_queued;
+
 	struct ura__session_counters stats;
 };
 
@@ -96,10 +102,8 @@ static inline bool ura__session_is_final(ura_session *s)
  * invalidation was requested. Any thread. */
 int ura__session_count_get(ura_session *s);
 /* Releases one unit; when it was the last of an invalidating session, the loop checks
- * the session at its next drain. Loop thread. */
+ * the session at its next drain (no allocation: see notify_loop). Any thread. */
 void ura__session_count_put(ura_session *s);
-/* The same from another thread; cmd (owned, never NULL) carries the check if needed. */
-void ura__session_count_put_remote(ura_session *s, struct ura__cmd *cmd);
 /* A task counted by another thread is now linked (counted as live). Loop thread. */
 void ura__session_count_moved(ura_session *s);
 
@@ -197,7 +201,8 @@ void ura__task_drop_pending(struct ura__slot *slot);
 /* Runs due barriers and, when nothing is left, the final event (session.c). */
 void ura__session_after_task(ura_session *s);
 
-/* The sequence number the next task of s will get. Loop thread. */
+/* The sequence number the next task of s will get. Any thread: only the loop thread
+ * writes it, and a reader sees at least every link that happens-before its read. */
 static inline uint64_t ura__session_next_seq(ura_session *s)
 {
 	return atomic_load_explicit(&s->stats.submitted, memory_order_relaxed);
@@ -237,14 +242,16 @@ void ura__session_retry_check(ura_session *s);
 /* s's cancel-retry timer fired: cancels again what is still cancelling. Loop thread. */
 void ura__session_retry_fired(ura_session *s);
 
-/* Handles URA__CMD_SESSION / URA__DEFER_SESSION: starts watching, cancels on request,
+/* Looks at s after a notice: starts watching, cancels on request,
  * and emits the final event when nothing is left. Loop thread. */
 void ura__session_check(ura_session *s);
+/* Handles the session's embedded notice (URA__CMD_SESSION): takes it off the queue,
+ * checks the session, drops the notice's reference. Loop thread. */
+void ura__session_notice(ura_session *s);
+/* ura_loop_free: a notice left in the inbox after the ring is gone. */
+void ura__session_notice_drop(ura_session *s);
 /* Handles URA__CMD_GET_TASKS and URA__CMD_FLUSH. Loop thread. */
 void ura__session_command(struct ura__cmd *cmd);
-/* Checks every session whose invalidation the loop may have missed (a notification
- * that could not be allocated). Loop thread. */
-void ura__session_rescan(ura_loop *loop);
 /* ura_loop_free: invalidate and cancel every session, with error. Loop thread. */
 void ura__session_invalidate_all(ura_loop *loop, int error);
 /* ura_loop_free's last resort after the ring is gone: finish what is left. */

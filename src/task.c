@@ -139,6 +139,83 @@ static int accept_on_loop(ura_loop *loop, uint32_t index, struct ura__slot *slot
 	return 0;
 }
 
+/* A new task's slot, filled in; its handle in *t. -ENOMEM when the registry is full. */
+static int64_t slot_fill(ura_session *s, ura_loop *loop, bool on_loop,
+			 const struct io_uring_sqe *sqe, bool timeout, ura_task_fn fn, void *arg,
+			 ura_task *t)
+{
+	int64_t idx = ura__registry_alloc(&loop->registry, on_loop);
+	if (idx < 0)
+		return idx;
+	uint32_t index = (uint32_t)idx;
+	struct ura__slot *slot = ura__registry_slot_at(&loop->registry, index);
+	uint32_t gen = ura__gs_gen(atomic_load_explicit(&slot->gen_state, memory_order_relaxed));
+	*t = ura__handle_make(&loop->registry, gen, index);
+	atomic_store_explicit(&slot->session, s, memory_order_relaxed);
+	slot->fn = fn;
+	slot->arg = arg;
+	slot->opcode = sqe->opcode;
+	slot->lflags = timeout ? URA__TF_TIMEOUT : 0;
+	return idx;
+}
+
+static int submit_on_loop(ura_session *s, ura_loop *loop, const struct io_uring_sqe *sqe,
+			  unsigned flags, const struct __kernel_timespec *ts, ura_task_fn fn,
+			  void *arg, ura_task *out)
+{
+	ura_task t;
+	int64_t idx = slot_fill(s, loop, true, sqe, ts != NULL, fn, arg, &t);
+	if (idx < 0)
+		return (int)idx;
+	uint32_t index = (uint32_t)idx;
+	int r = accept_on_loop(loop, index, ura__registry_slot_at(&loop->registry, index), t,
+			       sqe, ts, flags & URA_SUBMIT_SUSPENDED);
+	if (r < 0) {
+		ura__registry_free(&loop->registry, index);
+		return r;
+	}
+	if (out)
+		*out = t;
+	return 0;
+}
+
+/* Inside the loop's gate (ura__loop_enter). */
+static int submit_remote(ura_session *s, ura_loop *loop, const struct io_uring_sqe *sqe,
+			 unsigned flags, const struct __kernel_timespec *ts, ura_task_fn fn,
+			 void *arg, ura_task *out)
+{
+	/* Allocated before the task is counted: a failure here needs no undo. */
+	struct ura__cmd *cmd = ura__malloc(sizeof(*cmd));
+	if (!cmd)
+		return -ENOMEM;
+	int r = ura__session_count_get(s);
+	if (r < 0) {
+		ura__free(cmd);
+		return r;
+	}
+	ura_task t;
+	int64_t idx = slot_fill(s, loop, false, sqe, ts != NULL, fn, arg, &t);
+	if (idx < 0) {
+		ura__free(cmd);
+		ura__session_count_put(s);
+		return (int)idx;
+	}
+	struct ura__slot *slot = ura__registry_slot_at(&loop->registry, (uint32_t)idx);
+	cmd->kind = URA__CMD_SUBMIT;
+	cmd->task = t;
+	cmd->session = s;
+	memcpy(&cmd->sqe, sqe, sizeof(*sqe));
+	if (ts)
+		cmd->ts = *ts;
+	/* Published with release: the loop (and cancellers) see the slot's fields. */
+	set_state(slot, ura__handle_gen(t),
+		  (flags & URA_SUBMIT_SUSPENDED) ? URA__SLOT_SUSPENDED : URA__SLOT_PENDING);
+	ura__loop_send(loop, cmd);
+	if (out)
+		*out = t;
+	return 0;
+}
+
 int ura__submit_ts(ura_session *s, const struct io_uring_sqe *sqe, unsigned flags,
 		   const struct __kernel_timespec *ts, ura_task_fn fn, void *arg, ura_task *out)
 {
@@ -151,7 +228,8 @@ int ura__submit_ts(ura_session *s, const struct io_uring_sqe *sqe, unsigned flag
 	if (sqe->flags & (IOSQE_IO_LINK | IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS))
 		return -EINVAL;
 
-	/* Early out, before s->loop is touched (it may be freed once the session is final).
+	/* Early out, before the loop is entered (its ring and registry are gone once the
+	 * session is final).
 	 * On the loop thread this is also the authoritative check: acceptance and the final
 	 * event are both decided on that thread, and an accepted task is counted in
 	 * the session's live count before any check for the final event can run, so no atomic
@@ -160,58 +238,13 @@ int ura__submit_ts(ura_session *s, const struct io_uring_sqe *sqe, unsigned flag
 	if (atomic_load_explicit(&s->state, memory_order_acquire) & URA__SS_FLAGS)
 		return -ESHUTDOWN;
 	ura_loop *loop = s->loop;
-	bool suspended = flags & URA_SUBMIT_SUSPENDED;
-	struct ura__cmd *cmd = NULL;
-	bool on_loop = ura__on_loop(loop);
-	int r;
-	if (!on_loop) {
-		/* Allocated before the task is counted: every later failure can then still
-		 * tell the loop about the count it releases. */
-		cmd = ura__malloc(sizeof(*cmd));
-		if (!cmd)
-			return -ENOMEM;
-		r = ura__session_count_get(s);
-		if (r < 0) {
-			ura__free(cmd);
-			return r;
-		}
-	}
-	int64_t idx = ura__registry_alloc(&loop->registry, on_loop);
-	if (idx < 0) {
-		if (!on_loop)
-			ura__session_count_put_remote(s, cmd);
-		return (int)idx;
-	}
-	uint32_t index = (uint32_t)idx;
-	struct ura__slot *slot = ura__registry_slot_at(&loop->registry, index);
-	uint32_t gen = ura__gs_gen(atomic_load_explicit(&slot->gen_state, memory_order_relaxed));
-	ura_task t = ura__handle_make(&loop->registry, gen, index);
-	atomic_store_explicit(&slot->session, s, memory_order_relaxed);
-	slot->fn = fn;
-	slot->arg = arg;
-	slot->opcode = sqe->opcode;
-	slot->lflags = ts ? URA__TF_TIMEOUT : 0;
-
-	if (on_loop) {
-		r = accept_on_loop(loop, index, slot, t, sqe, ts, suspended);
-		if (r < 0) {
-			ura__registry_free(&loop->registry, index);
-			return r;
-		}
-	} else {
-		cmd->kind = URA__CMD_SUBMIT;
-		cmd->task = t;
-		cmd->session = s;
-		memcpy(&cmd->sqe, sqe, sizeof(*sqe));
-		if (ts)
-			cmd->ts = *ts;
-		/* Published with release: the loop (and cancellers) see the slot's fields. */
-		set_state(slot, gen, suspended ? URA__SLOT_SUSPENDED : URA__SLOT_PENDING);
-		ura__loop_send(loop, cmd);
-	}
-	if (out)
-		*out = t;
-	return 0;
+	if (ura__on_loop(loop))
+		return submit_on_loop(s, loop, sqe, flags, ts, fn, arg, out);
+	if (!ura__loop_enter(loop))
+		return -ESHUTDOWN; /* ura_loop_free has ended the session meanwhile */
+	int r = submit_remote(s, loop, sqe, flags, ts, fn, arg, out);
+	ura__loop_leave(loop);
+	return r;
 }
 
 int ura_submit(ura_session *s, const struct io_uring_sqe *sqe, unsigned flags,
@@ -220,12 +253,10 @@ int ura_submit(ura_session *s, const struct io_uring_sqe *sqe, unsigned flags,
 	return ura__submit_ts(s, sqe, flags, NULL, fn, arg, out);
 }
 
-/* Slot and generation state for a handle of s's loop, checked against s. NULL when the
- * handle is not a live task of s. */
+/* Slot and generation state for a handle of s's loop, checked against s (not final;
+ * off the loop thread, inside the gate). NULL when the handle is not a live task of s. */
 static struct ura__slot *find(ura_session *s, ura_task t, uint64_t *gs_out)
 {
-	if (!s || ura__session_is_final(s))
-		return NULL;
 	struct ura__slot *slot = ura__registry_lookup(&s->loop->registry, t);
 	if (!slot)
 		return NULL;
@@ -243,18 +274,29 @@ static struct ura__slot *find(ura_session *s, ura_task t, uint64_t *gs_out)
 
 int ura_task_state(ura_session *s, ura_task t)
 {
-	uint64_t gs;
-	struct ura__slot *slot = find(s, t, &gs);
-	if (!slot)
+	if (!s || ura__session_is_final(s))
 		return URA_TASK_COMPLETED;
-	switch (ura__gs_state(gs)) {
-	case URA__SLOT_SUSPENDED:
-		return URA_TASK_SUSPENDED;
-	case URA__SLOT_CANCELING:
-		return URA_TASK_CANCELING;
-	default:
-		return URA_TASK_RUNNING;
+	bool on_loop = ura__on_loop(s->loop);
+	if (!on_loop && !ura__loop_enter(s->loop))
+		return URA_TASK_COMPLETED; /* the loop has ended every task */
+	uint64_t gs;
+	int r = URA_TASK_COMPLETED;
+	if (find(s, t, &gs)) {
+		switch (ura__gs_state(gs)) {
+		case URA__SLOT_SUSPENDED:
+			r = URA_TASK_SUSPENDED;
+			break;
+		case URA__SLOT_CANCELING:
+			r = URA_TASK_CANCELING;
+			break;
+		default:
+			r = URA_TASK_RUNNING;
+			break;
+		}
 	}
+	if (!on_loop)
+		ura__loop_leave(s->loop);
+	return r;
 }
 
 void ura__task_finish_now(ura_loop *loop, uint32_t index, struct ura__slot *slot, int32_t res)
@@ -359,30 +401,44 @@ struct task_call {
 	struct ura__cmd *cmd;
 };
 
-/* The common start of cancel and resume: find the task and, off the loop thread,
- * allocate the command before the state changes, so that a change that succeeds cannot
- * then fail to reach the loop. */
+/* The common start of cancel and resume: find the task and, off the loop thread, enter
+ * the loop and allocate the command before the state changes, so that a change that
+ * succeeds cannot then fail to reach the loop. On success the caller ends with
+ * task_call_end. */
 static int task_call_begin(ura_session *s, ura_task t, struct task_call *call)
 {
-	if (!s || t == 0)
+	if (!s)
 		return -EINVAL;
-	call->slot = find(s, t, &call->gs);
-	if (!call->slot)
-		return -ENOENT;
+	if (ura__session_is_final(s))
+		return -ENOENT; /* every task of s has ended; its loop may be gone */
 	call->on_loop = ura__on_loop(s->loop);
 	call->cmd = NULL;
-	if (!call->on_loop && !(call->cmd = ura__malloc(sizeof(*call->cmd))))
-		return -ENOMEM;
-	return 0;
+	if (!call->on_loop && !ura__loop_enter(s->loop))
+		return -ENOENT; /* ura_loop_free has ended every task */
+	int r = 0;
+	call->slot = find(s, t, &call->gs);
+	if (!call->slot)
+		r = -ENOENT;
+	else if (!call->on_loop && !(call->cmd = ura__malloc(sizeof(*call->cmd))))
+		r = -ENOMEM;
+	if (r < 0 && !call->on_loop)
+		ura__loop_leave(s->loop);
+	return r;
 }
 
-/* Hands a cancel or resume that took effect to the loop thread. */
-static void task_call_send(ura_session *s, ura_task t, struct task_call *call, uint8_t kind)
+/* Hands a cancel or resume that took effect to the loop thread (cmd NULL: it did not,
+ * or this is the loop thread), and leaves the loop. */
+static void task_call_end(ura_session *s, ura_task t, struct task_call *call, uint8_t kind)
 {
-	call->cmd->kind = kind;
-	call->cmd->task = t;
-	call->cmd->session = s;
-	ura__loop_send(s->loop, call->cmd);
+	if (call->on_loop)
+		return;
+	if (call->cmd) {
+		call->cmd->kind = kind;
+		call->cmd->task = t;
+		call->cmd->session = s;
+		ura__loop_send(s->loop, call->cmd);
+	}
+	ura__loop_leave(s->loop);
 }
 
 int ura_task_cancel(ura_session *s, ura_task t)
@@ -394,13 +450,12 @@ int ura_task_cancel(ura_session *s, ura_task t)
 	r = mark_canceling(call.slot, ura__handle_gen(t));
 	if (r < 0) {
 		ura__free(call.cmd);
-		return r;
-	}
-	if (call.on_loop)
+		call.cmd = NULL;
+	} else if (call.on_loop) {
 		cancel_marked(s->loop, ura__handle_index(t), call.slot, t);
-	else
-		task_call_send(s, t, &call, URA__CMD_CANCEL);
-	return 0;
+	}
+	task_call_end(s, t, &call, URA__CMD_CANCEL);
+	return r;
 }
 
 int ura_task_resume(ura_session *s, ura_task t)
@@ -413,17 +468,19 @@ int ura_task_resume(ura_session *s, ura_task t)
 	if (ura__gs_state(call.gs) != URA__SLOT_SUSPENDED ||
 	    !cas_state(slot, ura__handle_gen(t), URA__SLOT_SUSPENDED, URA__SLOT_PENDING)) {
 		ura__free(call.cmd);
+		call.cmd = NULL;
 		uint64_t gs = load_gs(slot);
 		if (ura__gs_gen(gs) != ura__handle_gen(t) || ura__gs_state(gs) == URA__SLOT_FREE)
-			return -ENOENT;
-		return -EINVAL;
-	}
-	if (!call.on_loop)
-		task_call_send(s, t, &call, URA__CMD_RESUME);
-	else if (slot->lflags & URA__TF_LINKED)
+			r = -ENOENT;
+		else
+			r = -EINVAL;
+	} else if (call.on_loop && (slot->lflags & URA__TF_LINKED)) {
 		place_or_backlog(s->loop, ura__handle_index(t), slot, t);
-	/* else its SUBMIT is still in the inbox, and that command will find it PENDING. */
-	return 0;
+	}
+	/* On the loop thread an unlinked task's SUBMIT is still in the inbox, and that
+	 * command will find it PENDING. */
+	task_call_end(s, t, &call, URA__CMD_RESUME);
+	return r;
 }
 
 /* The slot a command names, if that task is still live. */

@@ -369,3 +369,74 @@ Test(faults, peer_reset_mid_frame_ends_the_connection_with_a_reason)
 	ura_conn_unref(a);
 	ura_loop_free(loop);
 }
+
+/* ---- the final event survives allocation failure (issue 11, item 2) */
+
+struct final_run {
+	ura_session *s;
+	struct th_delegate d;
+	struct th_calls task;
+	_Atomic int flushes;
+	_Atomic bool invalidated;
+};
+
+static void final_flushed(ura_session *s, void *arg)
+{
+	(void)s;
+	atomic_fetch_add(&((struct final_run *)arg)->flushes, 1);
+}
+
+static void *invalidate_elsewhere(void *arg)
+{
+	struct final_run *fr = arg;
+	ura_session_finish_tasks_and_invalidate(fr->s);
+	atomic_store(&fr->invalidated, true);
+	return NULL;
+}
+
+/*
+ * A session with one live task, a flush asked on the loop thread, finish_tasks_and_
+ * invalidate from another thread, and allocations failing from the kth on for a while
+ * (repeat more after it). Once memory is back the final event comes, exactly once.
+ */
+static void final_scenario(unsigned long k, unsigned long repeat)
+{
+	ura_loop *loop;
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	struct final_run *fr = calloc(1, sizeof(*fr));
+	cr_assert_eq(ura_session_new(loop, &th_delegate_fns, &fr->d, &fr->s), 0);
+	cr_assert_eq(ura_timeout(fr->s, 20 * 1000 * 1000, th_record, &fr->task, NULL), 0);
+	ura__fault_arm(URA__FAULT_ALLOC, -ENOMEM, k, repeat);
+	int flush_ok = ura_session_flush(fr->s, final_flushed, fr) == 0;
+	cr_assert(flush_ok || k == 1, "flush failed with the kth allocation, k=%lu", k);
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, invalidate_elsewhere, fr), 0);
+	pthread_join(th, NULL);
+	th_spin(loop, 40); /* the task ends and the flush answers while allocations fail */
+	ura__fault_disarm_all();
+	th_run_until(loop, &fr->d.final_seen, 5000);
+	cr_assert_eq(atomic_load(&fr->d.finals), 1, "k=%lu repeat=%lu: %lu final events", k,
+		     repeat, (unsigned long)atomic_load(&fr->d.finals));
+	cr_assert_eq(atomic_load(&fr->task.terminal), 1);
+	cr_assert_eq(atomic_load(&fr->flushes), flush_ok, "k=%lu: flush answers", k);
+	cr_assert_eq(atomic_load(&fr->d.calls_after_final), 0);
+	ura_session_unref(fr->s);
+	ura_loop_free(loop);
+	free(fr);
+}
+
+Test(faults, final_event_survives_allocation_failure_at_every_site, .timeout = 300)
+{
+	static const unsigned long repeats[] = { 0, 3, 1000 };
+	for (size_t i = 0; i < sizeof(repeats) / sizeof(repeats[0]); i++) {
+		unsigned long k;
+		for (k = 1; k < 100; k++) {
+			unsigned long before = ura__fault_injected(URA__FAULT_ALLOC);
+			final_scenario(k, repeats[i]);
+			if (ura__fault_injected(URA__FAULT_ALLOC) == before)
+				break; /* every allocation on the way had its turn */
+		}
+		cr_assert_lt(k, 100, "the scenario never ran out of allocations to fail");
+		cr_assert_gt(k, 1, "no allocation site was reached");
+	}
+}

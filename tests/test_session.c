@@ -600,3 +600,56 @@ Test(session, description_is_copied_and_snprintf_like)
 	cr_assert_eq(ura_session_new(NULL, NULL, NULL, &s), -EINVAL);
 	cr_assert_eq(ura_session_new(loop, NULL, NULL, NULL), -EINVAL);
 }
+
+/* ---- a flush from another thread is bounded at its call (issue 11, item 6) */
+
+struct remote_flush {
+	ura_session *s;
+	_Atomic bool flushed;
+	int r;
+};
+
+static void remote_flushed(ura_session *s, void *arg)
+{
+	(void)s;
+	atomic_store(&((struct remote_flush *)arg)->flushed, true);
+}
+
+static void *flush_elsewhere(void *arg)
+{
+	struct remote_flush *rf = arg;
+	rf->r = ura_session_flush(rf->s, remote_flushed, rf);
+	return NULL;
+}
+
+Test(session, flush_from_another_thread_ignores_later_tasks)
+{
+	for (int shared = 0; shared < 2; shared++) {
+		ura_loop *lp;
+		cr_assert_eq(ura_loop_new(NULL, &lp), 0);
+		struct remote_flush rf = { 0 };
+		if (shared)
+			rf.s = ura_session_ref(ura_session_shared(lp));
+		else
+			cr_assert_eq(ura_session_new(lp, NULL, NULL, &rf.s), 0);
+		struct th_calls early = { 0 }, late = { 0 };
+		ura_task t;
+		cr_assert_eq(ura_nop(rf.s, th_record, &early, NULL), 0); /* live at the call */
+		pthread_t th;
+		cr_assert_eq(pthread_create(&th, NULL, flush_elsewhere, &rf), 0);
+		pthread_join(th, NULL); /* the flush call has returned ... */
+		cr_assert_eq(rf.r, 0);
+		/* ... before this task exists: the flush must not wait for its hour. */
+		cr_assert_eq(ura_timeout(rf.s, 3600ull * 1000000000ull, th_record, &late, &t), 0);
+		cr_assert(th_run_until(lp, &rf.flushed, 5000),
+			  "the flush waited for a task submitted after it returned (shared %d)",
+			  shared);
+		cr_assert_eq(atomic_load(&early.terminal), 1);
+		cr_assert_eq(atomic_load(&late.terminal), 0);
+		cr_assert_eq(ura_task_cancel(rf.s, t), 0);
+		cr_assert_eq(ura_loop_run(lp), 0);
+		cr_assert_eq(atomic_load(&late.terminal), 1);
+		ura_session_unref(rf.s);
+		ura_loop_free(lp);
+	}
+}

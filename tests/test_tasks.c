@@ -38,7 +38,8 @@ Test(tasks, bad_input_is_einval)
 	sqe.flags = 0;
 	sqe.opcode = 250;
 	cr_assert_eq(ura_submit(sh, &sqe, 0, NULL, NULL, NULL), -EINVAL, "unknown opcode");
-	cr_assert_eq(ura_task_cancel(sh, 0), -EINVAL);
+	cr_assert_eq(ura_task_cancel(sh, 0), -ENOENT, "0 is never a task: an unknown handle");
+	cr_assert_eq(ura_task_resume(sh, 0), -ENOENT);
 	cr_assert_eq(ura_task_cancel(NULL, 1), -EINVAL);
 	cr_assert_eq(ura_task_state(sh, 0), URA_TASK_COMPLETED);
 	cr_assert_eq(ura_loop_run(loop), 0, "a refused submit left work behind");

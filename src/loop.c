@@ -45,16 +45,23 @@ uint64_t ura__now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+int ura__vec_reserve(struct ura__vec *v, size_t size)
+{
+	if (v->len < v->cap)
+		return 0;
+	uint32_t cap = v->cap ? v->cap * 2 : 64;
+	void *grown = ura__realloc(v->items, (size_t)cap * size);
+	if (!grown)
+		return -ENOMEM;
+	v->items = grown;
+	v->cap = cap;
+	return 0;
+}
+
 int ura__vec_push(struct ura__vec *v, const void *item, size_t size)
 {
-	if (v->len == v->cap) {
-		uint32_t cap = v->cap ? v->cap * 2 : 64;
-		void *grown = ura__realloc(v->items, (size_t)cap * size);
-		if (!grown)
-			return -ENOMEM;
-		v->items = grown;
-		v->cap = cap;
-	}
+	if (ura__vec_reserve(v, size) < 0)
+		return -ENOMEM;
 	memcpy((char *)v->items + (size_t)v->len * size, item, size);
 	v->len++;
 	return 0;

@@ -203,6 +203,8 @@ struct io_uring_sqe *ura__loop_task_sqe(ura_loop *loop);
 /* An SQE for an internal cancel (may use the headroom); NULL when full. */
 struct io_uring_sqe *ura__loop_cancel_sqe(ura_loop *loop);
 
+/* Room for one more item: after 0, the next push cannot fail. Returns -ENOMEM. */
+int ura__vec_reserve(struct ura__vec *v, size_t size);
 int ura__vec_push(struct ura__vec *v, const void *item, size_t size);
 void ura__vec_free(struct ura__vec *v);
 

@@ -66,10 +66,12 @@ static void backlog_add(ura_loop *loop, struct ura__slot *slot, ura_task t)
 	slot->lflags |= URA__TF_BACKLOG;
 	if (ura__vec_push(&loop->backlog, &t, sizeof(t)) < 0) {
 		/* Out of memory with a full SQ: the task cannot be queued anywhere; it ends
-		 * with -ENOMEM rather than being lost. */
+		 * (as cancelled) rather than being lost: at the next drain, or now if even
+		 * that cannot be queued; exactly one terminal call either way. */
 		slot->lflags &= (uint8_t)~URA__TF_BACKLOG;
 		(void)cas_state(slot, ura__handle_gen(t), URA__SLOT_PENDING, URA__SLOT_CANCELING);
-		(void)ura__loop_defer(loop, URA__DEFER_CANCELLED, t, NULL);
+		if (ura__loop_defer(loop, URA__DEFER_CANCELLED, t, NULL) < 0)
+			ura__task_finish_now(loop, ura__handle_index(t), slot, -ECANCELED);
 	}
 }
 
@@ -124,6 +126,9 @@ static int accept_on_loop(ura_loop *loop, uint32_t index, struct ura__slot *slot
 		ura__session_task_linked(s, index, slot);
 		return 0;
 	}
+	/* Room in the backlog first: once linked, the task could not be refused. */
+	if (!suspended && ura__vec_reserve(&loop->backlog, sizeof(t)) < 0)
+		return -ENOMEM;
 	struct ura__cmd *cmd = ura__malloc(sizeof(*cmd));
 	if (!cmd)
 		return -ENOMEM;

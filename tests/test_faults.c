@@ -440,3 +440,47 @@ Test(faults, final_event_survives_allocation_failure_at_every_site, .timeout = 3
 		cr_assert_gt(k, 1, "no allocation site was reached");
 	}
 }
+
+/* ---- a task that finds neither SQ room nor memory still ends, once */
+
+struct backlog_run {
+	ura_session *s;
+	struct th_delegate d;
+	struct th_calls calls[100];
+};
+
+static void *submit_hundred(void *arg)
+{
+	struct backlog_run *br = arg;
+	for (int i = 0; i < 100; i++)
+		cr_assert_eq(ura_nop(br->s, th_record, &br->calls[i], NULL), 0);
+	return NULL;
+}
+
+Test(faults, task_without_sq_room_or_memory_ends_once)
+{
+	ura_loop *loop;
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	struct backlog_run *br = calloc(1, sizeof(*br));
+	cr_assert_eq(ura_session_new(loop, &th_delegate_fns, &br->d, &br->s), 0);
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, submit_hundred, br), 0);
+	pthread_join(th, NULL); /* 100 accepted tasks wait in the inbox */
+	/* The loop takes them with a full SQ and no memory for its backlog or its
+	 * deferred work: each must still get its terminal call. */
+	ura__fault_arm(URA__FAULT_SQ_FULL, 1, 1, 1000000);
+	ura__fault_arm(URA__FAULT_ALLOC, -ENOMEM, 1, 1000000);
+	for (int i = 0; i < 4; i++)
+		(void)ura_loop_run_once(loop, false);
+	ura__fault_disarm_all();
+	ura_session_finish_tasks_and_invalidate(br->s);
+	int res;
+	cr_assert(th_run_bounded(loop, 10000, &res), "a task was lost: the loop never idled");
+	for (int i = 0; i < 100; i++)
+		cr_assert_eq(atomic_load(&br->calls[i].terminal), 1, "task %d: %lu terminal calls",
+			     i, (unsigned long)atomic_load(&br->calls[i].terminal));
+	cr_assert_eq(atomic_load(&br->d.finals), 1);
+	ura_session_unref(br->s);
+	ura_loop_free(loop);
+	free(br);
+}

@@ -430,6 +430,7 @@ URA__HOT static bool must_not_block(ura_loop *loop)
 	/* Backlogged work must not wait behind tasks that may never complete: this enter
 	 * empties the SQ and the next iteration moves the backlog into it. */
 	return loop->deferred.len || !ura__inbox_empty(&loop->inbox) || ura__loop_backlogged(loop) ||
+	       loop->cancels_lost ||
 	       atomic_load_explicit(&loop->stop, memory_order_acquire) ||
 	       io_uring_cq_has_overflow(&loop->ring) || io_uring_cq_ready(&loop->ring);
 }
@@ -493,6 +494,10 @@ URA__HOT static int iterate(ura_loop *loop, bool wait, const struct __kernel_tim
 		handled += run_deferred(loop);
 	if (ura__loop_backlogged(loop))
 		ura__task_drain_backlog(loop);
+	if (loop->cancels_lost && ura__sq_room(loop)) {
+		loop->cancels_lost = false;
+		ura__session_resend_cancels(loop);
+	}
 	arm_wake(loop);
 	/* Having run commands, an iteration normally returns without blocking; but cancels
 	 * it just issued complete promptly, so waiting for them now saves a round trip. */

@@ -381,6 +381,16 @@ void ura__session_retry_fired(ura_session *s)
 		maybe_final(s);
 }
 
+void ura__session_resend_cancels(ura_loop *loop)
+{
+	/* Rare (memory ran out with a full SQ): a walk of every session is fine. Tasks
+	 * whose cancel did go out get a second one, which misses harmlessly. */
+	pthread_mutex_lock(&loop->sessions_lock);
+	for (ura_session *s = loop->sessions; s; s = s->next_in_loop)
+		(void)recancel_all(s);
+	pthread_mutex_unlock(&loop->sessions_lock);
+}
+
 void ura__session_cancel_reaped(ura_session *s, int32_t res)
 {
 	if (res == 0)

@@ -239,6 +239,9 @@ void ura__session_cancel_reaped(ura_session *s, int32_t res);
 /* After a missed cancel (deferred to the next drain): arms the retry timer if a task of
  * s is still cancelling in the ring. Loop thread. */
 void ura__session_retry_check(ura_session *s);
+/* Cancels again every task of every session that is cancelling in the ring (a cancel
+ * was lost to a full SQ and no memory). Loop thread. */
+void ura__session_resend_cancels(ura_loop *loop);
 /* s's cancel-retry timer fired: cancels again what is still cancelling. Loop thread. */
 void ura__session_retry_fired(ura_session *s);
 

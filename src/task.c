@@ -333,10 +333,12 @@ static void send_cancel(ura_loop *loop, ura_session *s, ura_task t)
 		return;
 	struct ura__cancel_req req = { .task = t, .session = s };
 	if (ura__vec_push(&loop->cancel_backlog, &req, sizeof(req)) < 0) {
-		/* Out of memory with a full SQ: this cancel is dropped (the task still ends
-		 * by itself); undo its accounting so the session can still finish. */
+		/* Out of memory with a full SQ: this cancel cannot wait anywhere. Undo its
+		 * accounting and have the loop send it again once the SQ has room (the task
+		 * stays CANCELING in the ring, which is what the resend looks for). */
 		s->cancels_in_flight--;
 		loop->cancels_in_flight--;
+		loop->cancels_lost = true;
 	}
 }
 

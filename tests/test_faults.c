@@ -484,3 +484,42 @@ Test(faults, task_without_sq_room_or_memory_ends_once)
 	ura_loop_free(loop);
 	free(br);
 }
+
+/* ---- a cancel that finds neither SQ room nor memory is sent again later */
+
+Test(faults, cancel_without_sq_room_or_memory_is_resent)
+{
+	struct ura_loop_config cfg = { .sq_entries = 8 };
+	ura_loop *loop;
+	cr_assert_eq(ura_loop_new(&cfg, &loop), 0);
+	struct th_delegate d = { 0 };
+	ura_session *s;
+	cr_assert_eq(ura_session_new(loop, &th_delegate_fns, &d, &s), 0);
+	int p[2];
+	cr_assert_eq(pipe(p), 0);
+	static char buf[3][8];
+	struct th_calls reads[3] = { 0 }, nops[7] = { 0 };
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(ura_read(s, p[0], buf[i], sizeof(buf[i]), 0, th_record, &reads[i], NULL), 0);
+	(void)ura_loop_run_once(loop, false); /* the reads wait in the kernel */
+	/* Fill the SQ up to the cancel headroom (one entry), then cancel all three reads
+	 * with no memory for the cancels that do not fit. */
+	ura_session *sh = ura_session_shared(loop);
+	for (int i = 0; i < 7; i++)
+		cr_assert_eq(ura_nop(sh, th_record, &nops[i], NULL), 0);
+	ura_session_invalidate_and_cancel(s);
+	ura__fault_arm(URA__FAULT_ALLOC, -ENOMEM, 1, 1000000);
+	(void)ura_loop_run_once(loop, false);
+	ura__fault_disarm_all();
+	int res;
+	cr_assert(th_run_bounded(loop, 10000, &res), "a lost cancel was never sent again");
+	cr_assert_eq(atomic_load(&d.finals), 1);
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(atomic_load(&reads[i].terminal), 1);
+	for (int i = 0; i < 7; i++)
+		cr_assert_eq(atomic_load(&nops[i].terminal), 1);
+	close(p[0]);
+	close(p[1]);
+	ura_session_unref(s);
+	ura_loop_free(loop);
+}

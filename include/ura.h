@@ -50,7 +50,9 @@ enum {
 };
 
 struct ura_loop_config {
-	uint32_t sq_entries;  /* 0: 256; at most 32768 */
+	uint32_t sq_entries;  /* 0: 256; else 8 to 32768, -EINVAL otherwise (an eighth of
+			       * the SQ is kept for cancels: fewer than 8 entries leave
+			       * too little or no room for tasks) */
 	uint32_t cq_entries;  /* 0: 8 x sq_entries (clamped to 65536); at least sq_entries,
 			       * at most 65536 (the kernel's limit) */
 	uint32_t flags;       /* URA_LOOP_* */

@@ -33,6 +33,11 @@
 #include "task.h"
 
 #define DEFAULT_SQ 256u
+/* Tasks leave an eighth of the SQ to cancels. 8 is the smallest size whose eighth is a
+ * whole entry; below it the headroom would have to be rounded up to one entry, which
+ * leaves a 1-entry SQ no room for any task (the loop spun without placing one) and
+ * takes up to half of the others. */
+#define MIN_SQ 8u
 #define MAX_SQ 32768u
 #define MAX_CQ 65536u /* the kernel's IORING_MAX_CQ_ENTRIES */
 #define FREE_DRAIN_NS (5ull * 1000 * 1000 * 1000)
@@ -78,7 +83,8 @@ static int validate_config(const struct ura_loop_config *cfg, unsigned *sq, unsi
 			return -EINVAL;
 	if (cfg->flags & ~(uint32_t)(URA_LOOP_NO_DEFER_TASKRUN | URA_LOOP_NO_COOP_TASKRUN))
 		return -EINVAL;
-	if (cfg->sq_entries > MAX_SQ || cfg->cq_entries > MAX_CQ)
+	if ((cfg->sq_entries && cfg->sq_entries < MIN_SQ) || cfg->sq_entries > MAX_SQ ||
+	    cfg->cq_entries > MAX_CQ)
 		return -EINVAL;
 	if (cfg->sq_entries)
 		*sq = cfg->sq_entries;

@@ -215,7 +215,9 @@ struct ura_session_delegate {
 struct ura_session_stats {
 	uint64_t submitted;        /* tasks accepted */
 	uint64_t completed;        /* terminal calls made */
-	uint64_t cancelled;        /* tasks whose cancel was requested and took effect */
+	uint64_t cancelled;        /* tasks a cancel ended: cancel requested and terminal
+				    * res -ECANCELED or -EINTR (one that finished first
+				    * reports its real result and is not counted) */
 	uint64_t cancel_ok;        /* cancel CQEs with res 0 */
 	uint64_t cancel_enoent;    /* cancel CQEs with res -ENOENT */
 	uint64_t cancel_ealready;  /* cancel CQEs with res -EALREADY */

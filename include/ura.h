@@ -126,6 +126,9 @@ enum ura_task_kind { URA_TASK_DATA = 0, URA_TASK_UPLOAD = 1, URA_TASK_DOWNLOAD =
  * IORING_CQE_F_MORE is the terminal one, exactly once per accepted task. Memory the op
  * uses must live until that terminal call. IOSQE_IO_LINK, IOSQE_IO_HARDLINK and
  * IOSQE_CQE_SKIP_SUCCESS are refused (-EINVAL): each task is one independent CQE stream.
+ * The opcode is the kernel's to judge, also one newer than liburing's headers: an opcode
+ * the running kernel lacks is accepted here and its terminal call gets the kernel's
+ * -EINVAL.
  * -ESHUTDOWN if s is invalidated or invalidating. out may be NULL. Any thread.
  */
 int ura_submit(ura_session *s, const struct io_uring_sqe *sqe, unsigned flags,
@@ -199,7 +202,9 @@ unsigned ura_buf_ring_buf_size(const ura_buf_ring *br);
 int ura_recv_multishot(ura_session *s, int fd, ura_buf_ring *br, int flags,
 		       ura_task_fn fn, void *arg, ura_task *out);
 
-/* The kind get_tasks files an opcode under: reads/recvs DOWNLOAD, writes/sends UPLOAD. */
+/* The kind get_tasks files an opcode under: reads/recvs DOWNLOAD (also READ_MULTISHOT,
+ * RECV_ZC and READV_FIXED, newer than liburing 2.3), writes/sends UPLOAD (also
+ * WRITEV_FIXED), everything else, unknown numbers too, DATA. Any thread. */
 enum ura_task_kind ura_task_kind_of_opcode(uint8_t opcode);
 
 /* -------------------------------------------------------------- sessions */

@@ -36,7 +36,7 @@ typedef struct ura_loop ura_loop;
 typedef struct ura_session ura_session;
 typedef struct ura_buf_ring ura_buf_ring;
 
-/* A task handle: slot index and generation; 0 is never a valid handle. */
+/* A task handle: generation, loop tag and slot index; 0 is never a valid handle. */
 typedef uint64_t ura_task;
 
 /* ------------------------------------------------------------------ loop */
@@ -72,7 +72,9 @@ enum {
 /*
  * Creates a loop whose ring uses SINGLE_ISSUER, DEFER_TASKRUN, COOP_TASKRUN and
  * SUBMIT_ALL where the kernel has them. cfg may be NULL (defaults). The calling thread
- * becomes the loop thread. The caller frees the loop with ura_loop_free. Any thread.
+ * becomes the loop thread. The caller frees the loop with ura_loop_free. Each live loop
+ * holds one of 1023 tags that keep its task handles apart from other loops': -EMFILE
+ * when 1023 loops are alive. Any thread.
  */
 int ura_loop_new(const struct ura_loop_config *cfg, ura_loop **out);
 

@@ -1,7 +1,7 @@
 /*
  * Lock-free task registry.
  *
- * Shape. The registry reserves address space for every slot it may ever have (1 GiB,
+ * Shape. The registry reserves address space for every slot it may ever have (256 MiB,
  * less if the system refuses; no memory is used until a chunk is made usable) and makes
  * chunks of 4096 slots usable in place as it grows. Slot i is therefore always base[i]:
  * a slot never moves, and the loop thread reaches the slot of an index it produced
@@ -25,9 +25,13 @@
  * discarded because the CAS fails. Tag wrap needs 2^32 stack operations between one
  * thread's load and its CAS.
  *
- * Handles. A handle is (generation << 32) | (loop tag << 24) | index; the tag keeps one
- * loop's handles from naming another's slots. Freeing bumps the slot's generation
- * (31 bits, never 0) before the slot can be handed out again, so a stale handle names a
+ * Handles. A handle is (generation << 32) | (loop tag << 22) | index; the tag keeps one
+ * loop's handles from naming another's slots. Tags are unique among live loops: each
+ * loop takes one from a process-wide bitmap and gives it back when freed, after every
+ * one of its sessions has had its final event. A final session answers -ENOENT without
+ * reading any registry, so the freed loop's handles, given with its own sessions, never
+ * reach the tasks of the tag's next holder. Freeing a slot bumps its generation (31
+ * bits, never 0) before the slot can be handed out again, so a stale handle names a
  * generation that no longer matches and is answered -ENOENT / COMPLETED, never reaching
  * the newer task. A generation repeats only after 2^31 - 1 reuses of one slot.
  *
@@ -39,6 +43,9 @@
  *    slots. A thread that learned an index from the free stack (release/acquire) or
  *    through the inbox (release/acquire) is ordered after the initialisation anyway,
  *    which is why ura__registry_slot_at needs no check.
+ *  - tag_put's release fetch_and pairs with tag_get's acquire CAS: the loop that held the
+ *    tag before (its sessions made final) happens-before the next holder hands out a
+ *    handle under it.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -58,7 +65,7 @@ int ura__registry_init(struct ura__registry *r, uint32_t tag)
 	memset(r, 0, sizeof(*r));
 	r->tag = tag;
 	/* PROT_NONE and MAP_NORESERVE: address space only, no memory and no commit charge
-	 * until grow() opens a chunk. A system that refuses 1 GiB (ulimit -v) gets less. */
+	 * until grow() opens a chunk. A system that refuses 256 MiB (ulimit -v) gets less. */
 	for (uint32_t n = URA__MAX_CHUNKS; n; n /= 2) {
 		void *p = mmap(NULL, (size_t)n * CHUNK_BYTES, PROT_NONE,
 			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -158,4 +165,42 @@ int64_t ura__registry_alloc_shared(struct ura__registry *r)
 void ura__registry_spill(struct ura__registry *r, uint32_t index, struct ura__slot *s)
 {
 	shared_push_chain(r, index, s);
+}
+
+/*
+ * Loop tags: bit t of the bitmap is set while a live loop holds tag t. Lock-free: a tag
+ * is taken by one strong CAS that sets its bit, so exactly one thread takes each clear
+ * bit, and a failed CAS means another thread changed the word (some thread made
+ * progress); it is given back by one fetch_and. No ABA concern: the word's value is all
+ * a CAS depends on, and two words with the same bits are the same state. Bit 0 stays
+ * set: tag 0 is never given out. Loops are made and freed rarely, so a scan of 16 words
+ * costs nothing that matters.
+ */
+static _Atomic uint64_t tags_held[(URA__MAX_TAG + 1) / 64] = { 1 };
+
+int ura__registry_tag_get(void)
+{
+	for (uint32_t w = 0; w < sizeof(tags_held) / sizeof(tags_held[0]); w++) {
+		/* Relaxed: only a guess at the word (as is a failed CAS's reload); the CAS
+		 * that succeeds decides, and orders. */
+		uint64_t held = atomic_load_explicit(&tags_held[w], memory_order_relaxed);
+		while (~held) {
+			uint64_t bit = ~held & (held + 1); /* the lowest clear bit */
+			/* Acquire: pairs with tag_put's release (see the header comment). */
+			if (atomic_compare_exchange_strong_explicit(&tags_held[w], &held, held | bit,
+								    memory_order_acquire,
+								    memory_order_relaxed))
+				return (int)(w * 64 + (uint32_t)__builtin_ctzll(bit));
+		}
+	}
+	return -EMFILE;
+}
+
+void ura__registry_tag_put(uint32_t tag)
+{
+	if (tag == 0 || tag > URA__MAX_TAG)
+		return;
+	/* Release: the old holder's teardown happens-before the next tag_get's acquire. */
+	atomic_fetch_and_explicit(&tags_held[tag / 64], ~(1ull << (tag % 64)),
+				  memory_order_release);
 }

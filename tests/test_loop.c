@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -247,4 +248,36 @@ Test(loop, sq_below_8_is_einval_and_8_runs_more_tasks_than_it_holds)
 		     (unsigned long)atomic_load(&c.terminal), LOCAL + REMOTE);
 	cr_assert_eq(atomic_load(&c.last_res), 0);
 	ura_loop_free(loop);
+}
+
+/* Each live loop holds one of 1023 handle tags (unique among live loops, so handles of
+ * two loops never meet): the 1024th live loop is refused, and a freed loop's tag is
+ * handed out again. Each loop costs two descriptors (ring, eventfd). */
+Test(loop, loop_beyond_1023_live_is_emfile, .timeout = 300)
+{
+	enum { MAX_LIVE = 1023 };
+	struct rlimit rl;
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	if (rl.rlim_cur < 2 * (MAX_LIVE + 1) + 64) {
+		rl.rlim_cur = rl.rlim_max;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+		(void)getrlimit(RLIMIT_NOFILE, &rl);
+		if (rl.rlim_cur < 2 * (MAX_LIVE + 1) + 64)
+			cr_skip("RLIMIT_NOFILE %lu is too low for 1024 rings (test_registry "
+				"checks the tag allocator itself)", (unsigned long)rl.rlim_cur);
+	}
+	static ura_loop *loops[MAX_LIVE + 1];
+	int n = 0, r = 0;
+	while (n <= MAX_LIVE && (r = ura_loop_new(NULL, &loops[n])) == 0)
+		n++;
+	cr_assert_eq(n, MAX_LIVE, "%d live loops, then %d", n, r);
+	cr_assert_eq(r, -EMFILE, "loop %d: %d, not -EMFILE", n + 1, r);
+	ura_loop_free(loops[100]);
+	cr_assert_eq(ura_loop_new(NULL, &loops[100]), 0, "a freed loop's tag was not reused");
+	ura_loop *extra = NULL;
+	cr_assert_eq(ura_loop_new(NULL, &extra), -EMFILE);
+	for (int i = 0; i < n; i++)
+		ura_loop_free(loops[i]);
+	cr_assert_eq(ura_loop_new(NULL, &extra), 0);
+	ura_loop_free(extra);
 }

@@ -151,6 +151,42 @@ Test(tasks, handle_of_another_loop_is_enoent)
 	ura_loop_free(other);
 }
 
+/* Loop tags are unique among live loops: a handle of loop A never names a task of loop
+ * B, however many loops were made in between (the tag used to be a counter modulo 255,
+ * so the 255th loop after A handed out A's handles again). */
+Test(tasks, handle_reaches_only_its_own_sessions_tasks_across_300_loops, .timeout = 120)
+{
+	struct io_uring_sqe sqe;
+	memset(&sqe, 0, sizeof(sqe));
+	io_uring_prep_nop(&sqe);
+	ura_session *sa = NULL;
+	cr_assert_eq(ura_session_new(loop, NULL, NULL, &sa), 0);
+	ura_task ta = 0;
+	cr_assert_eq(ura_submit(sa, &sqe, URA_SUBMIT_SUSPENDED, NULL, NULL, &ta), 0);
+	for (int i = 1; i <= 300; i++) {
+		ura_loop *b = NULL;
+		cr_assert_eq(ura_loop_new(NULL, &b), 0, "loop %d", i);
+		ura_session *sb = NULL;
+		cr_assert_eq(ura_session_new(b, NULL, NULL, &sb), 0);
+		ura_task tb = 0;
+		cr_assert_eq(ura_submit(sb, &sqe, URA_SUBMIT_SUSPENDED, NULL, NULL, &tb), 0);
+		/* Both are their loop's first task: only the tag tells them apart. */
+		cr_assert_neq(ta, tb, "loop %d after A gave out A's first handle 0x%lx", i,
+			      (unsigned long)ta);
+		cr_assert_eq(ura_task_state(sb, ta), URA_TASK_COMPLETED, "loop %d", i);
+		cr_assert_eq(ura_task_cancel(sb, ta), -ENOENT, "loop %d", i);
+		cr_assert_eq(ura_task_state(sa, tb), URA_TASK_COMPLETED, "loop %d", i);
+		cr_assert_eq(ura_task_cancel(sa, tb), -ENOENT, "loop %d", i);
+		cr_assert_eq(ura_task_state(sb, tb), URA_TASK_SUSPENDED);
+		ura_session_unref(sb);
+		ura_loop_free(b);
+	}
+	cr_assert_eq(ura_task_state(sa, ta), URA_TASK_SUSPENDED, "A's task was reached");
+	cr_assert_eq(ura_task_cancel(sa, ta), 0);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	ura_session_unref(sa);
+}
+
 /* Kernel opcodes newer than the build's liburing headers (2.3 stops at 48). */
 enum { OP_READ_MULTISHOT = 49, OP_FTRUNCATE = 55, OP_RECV_ZC = 58, OP_READV_FIXED = 60,
        OP_WRITEV_FIXED = 61, OP_PIPE = 62 };

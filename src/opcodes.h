@@ -11,20 +11,20 @@
 #include <liburing.h>
 
 enum {
-	URA__OP_READ_MULTISHOT = 49, /* 6.7 */
-	URA__OP_WAITID,              /* 6.7 */
-	URA__OP_FUTEX_WAIT,          /* 6.7 */
+	URA__OP_READ_MULTISHOT = 49,
+	URA__OP_WAITID,
+	URA__OP_FUTEX_WAIT,
 	URA__OP_FUTEX_WAKE,
 	URA__OP_FUTEX_WAITV,
-	URA__OP_FIXED_FD_INSTALL,    /* 6.8 */
-	URA__OP_FTRUNCATE,           /* 6.9 */
-	URA__OP_BIND,                /* 6.11 */
+	URA__OP_FIXED_FD_INSTALL,
+	URA__OP_FTRUNCATE,
+	URA__OP_BIND,
 	URA__OP_LISTEN,
-	URA__OP_RECV_ZC,             /* 6.15 */
+	URA__OP_RECV_ZC,
 	URA__OP_EPOLL_WAIT,
 	URA__OP_READV_FIXED,
 	URA__OP_WRITEV_FIXED,
-	URA__OP_PIPE,                /* 6.16 */
+	URA__OP_PIPE,
 };
 
 _Static_assert(URA__OP_READ_MULTISHOT == IORING_OP_SENDMSG_ZC + 1,

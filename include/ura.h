@@ -36,7 +36,7 @@ typedef struct ura_loop ura_loop;
 typedef struct ura_session ura_session;
 typedef struct ura_buf_ring ura_buf_ring;
 
-/* A task handle: slot index and generation; 0 is never a valid handle. */
+/* A task handle: generation, loop tag and slot index; 0 is never a valid handle. */
 typedef uint64_t ura_task;
 
 /* ------------------------------------------------------------------ loop */
@@ -50,7 +50,9 @@ enum {
 };
 
 struct ura_loop_config {
-	uint32_t sq_entries;  /* 0: 256; at most 32768 */
+	uint32_t sq_entries;  /* 0: 256; else 8 to 32768, -EINVAL otherwise (an eighth of
+			       * the SQ is kept for cancels: fewer than 8 entries leave
+			       * too little or no room for tasks) */
 	uint32_t cq_entries;  /* 0: 8 x sq_entries (clamped to 65536); at least sq_entries,
 			       * at most 65536 (the kernel's limit) */
 	uint32_t flags;       /* URA_LOOP_* */
@@ -70,7 +72,9 @@ enum {
 /*
  * Creates a loop whose ring uses SINGLE_ISSUER, DEFER_TASKRUN, COOP_TASKRUN and
  * SUBMIT_ALL where the kernel has them. cfg may be NULL (defaults). The calling thread
- * becomes the loop thread. The caller frees the loop with ura_loop_free. Any thread.
+ * becomes the loop thread. The caller frees the loop with ura_loop_free. Each live loop
+ * holds one of 1023 tags that keep its task handles apart from other loops': -EMFILE
+ * when 1023 loops are alive. Any thread.
  */
 int ura_loop_new(const struct ura_loop_config *cfg, ura_loop **out);
 
@@ -128,6 +132,9 @@ enum ura_task_kind { URA_TASK_DATA = 0, URA_TASK_UPLOAD = 1, URA_TASK_DOWNLOAD =
  * IORING_CQE_F_MORE is the terminal one, exactly once per accepted task. Memory the op
  * uses must live until that terminal call. IOSQE_IO_LINK, IOSQE_IO_HARDLINK and
  * IOSQE_CQE_SKIP_SUCCESS are refused (-EINVAL): each task is one independent CQE stream.
+ * The opcode is the kernel's to judge, also one newer than liburing's headers: an opcode
+ * the running kernel lacks is accepted here and its terminal call gets the kernel's
+ * -EINVAL.
  * -ESHUTDOWN if s is invalidated or invalidating. out may be NULL. Any thread.
  */
 int ura_submit(ura_session *s, const struct io_uring_sqe *sqe, unsigned flags,
@@ -201,7 +208,9 @@ unsigned ura_buf_ring_buf_size(const ura_buf_ring *br);
 int ura_recv_multishot(ura_session *s, int fd, ura_buf_ring *br, int flags,
 		       ura_task_fn fn, void *arg, ura_task *out);
 
-/* The kind get_tasks files an opcode under: reads/recvs DOWNLOAD, writes/sends UPLOAD. */
+/* The kind get_tasks files an opcode under: reads/recvs DOWNLOAD (also READ_MULTISHOT,
+ * RECV_ZC and READV_FIXED, newer than liburing 2.3), writes/sends UPLOAD (also
+ * WRITEV_FIXED), everything else, unknown numbers too, DATA. Any thread. */
 enum ura_task_kind ura_task_kind_of_opcode(uint8_t opcode);
 
 /* -------------------------------------------------------------- sessions */
@@ -217,7 +226,9 @@ struct ura_session_delegate {
 struct ura_session_stats {
 	uint64_t submitted;        /* tasks accepted */
 	uint64_t completed;        /* terminal calls made */
-	uint64_t cancelled;        /* tasks whose cancel was requested and took effect */
+	uint64_t cancelled;        /* tasks a cancel ended: cancel requested and terminal
+				    * res -ECANCELED or -EINTR (one that finished first
+				    * reports its real result and is not counted) */
 	uint64_t cancel_ok;        /* cancel CQEs with res 0 */
 	uint64_t cancel_enoent;    /* cancel CQEs with res -ENOENT */
 	uint64_t cancel_ealready;  /* cancel CQEs with res -EALREADY */

@@ -34,6 +34,11 @@
 #include "task.h"
 
 #define DEFAULT_SQ 256u
+/* Tasks leave an eighth of the SQ to cancels. 8 is the smallest size whose eighth is a
+ * whole entry; below it the headroom would have to be rounded up to one entry, which
+ * leaves a 1-entry SQ no room for any task (the loop spun without placing one) and
+ * takes up to half of the others. */
+#define MIN_SQ 8u
 #define MAX_SQ 32768u
 #define MAX_CQ 65536u /* the kernel's IORING_MAX_CQ_ENTRIES */
 #define FREE_DRAIN_NS (5ull * 1000 * 1000 * 1000)
@@ -86,7 +91,8 @@ static int validate_config(const struct ura_loop_config *cfg, unsigned *sq, unsi
 			return -EINVAL;
 	if (cfg->flags & ~(uint32_t)(URA_LOOP_NO_DEFER_TASKRUN | URA_LOOP_NO_COOP_TASKRUN))
 		return -EINVAL;
-	if (cfg->sq_entries > MAX_SQ || cfg->cq_entries > MAX_CQ)
+	if ((cfg->sq_entries && cfg->sq_entries < MIN_SQ) || cfg->sq_entries > MAX_SQ ||
+	    cfg->cq_entries > MAX_CQ)
 		return -EINVAL;
 	if (cfg->sq_entries)
 		*sq = cfg->sq_entries;
@@ -181,8 +187,6 @@ static void arm_wake(ura_loop *loop)
 
 __attribute__((tls_model("initial-exec"))) _Thread_local char ura__thread_mark;
 
-static _Atomic uint32_t next_loop_tag;
-
 int ura_loop_new(const struct ura_loop_config *cfg, ura_loop **out)
 {
 	if (!out)
@@ -191,16 +195,21 @@ int ura_loop_new(const struct ura_loop_config *cfg, ura_loop **out)
 	int r = validate_config(cfg, &sq, &cq);
 	if (r < 0)
 		return r;
+	/* The tag in every handle, unique among live loops: handles of two live loops
+	 * never meet. -EMFILE past URA__MAX_TAG live loops. */
+	int tag = ura__registry_tag_get();
+	if (tag < 0)
+		return tag;
 	_Static_assert(sizeof(struct ura_loop) <= 4096, "the loop object must fit one page");
 	ura_loop *loop = ura__zalloc_aligned(sizeof(*loop), ura__one_page_align(sizeof(*loop)));
-	if (!loop)
-		return -ENOMEM;
+	if (!loop) {
+		r = -ENOMEM;
+		goto err_tag;
+	}
 	atomic_init(&loop->refs, 1); /* the loop's own, dropped by ura_loop_free */
 	loop->owner = pthread_self();
 	loop->owner_mark = &ura__thread_mark;
-	/* Relaxed: the tag only has to differ between loops alive together, mostly. */
-	uint32_t tag = atomic_fetch_add_explicit(&next_loop_tag, 1, memory_order_relaxed) % 255 + 1;
-	r = ura__registry_init(&loop->registry, tag);
+	r = ura__registry_init(&loop->registry, (uint32_t)tag);
 	if (r < 0)
 		goto err_loop;
 	pthread_mutex_init(&loop->sessions_lock, NULL);
@@ -229,6 +238,8 @@ err_registry:
 	ura__registry_destroy(&loop->registry);
 err_loop:
 	ura__free(loop);
+err_tag:
+	ura__registry_tag_put((uint32_t)tag);
 	return r;
 }
 
@@ -652,6 +663,9 @@ void ura_loop_free(ura_loop *loop)
 	ura__vec_free(&loop->deferred_alt);
 	ura__vec_free(&loop->backlog);
 	ura__vec_free(&loop->cancel_backlog);
+	/* Every session has had its final event (abandon_all above), so no handle can
+	 * reach this registry any more: another loop may take the tag. */
+	ura__registry_tag_put(loop->registry.tag);
 	ura__registry_destroy(&loop->registry);
 	close(loop->wake_fd);
 	pthread_mutex_destroy(&loop->sessions_lock);

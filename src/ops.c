@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "bufring.h"
+#include "opcodes.h"
 #include "task.h"
 
 static struct io_uring_sqe blank(void)
@@ -162,13 +163,17 @@ int ura_recv_multishot(ura_session *s, int fd, ura_buf_ring *br, int flags,
 	});
 }
 
-/* Which get_tasks list an opcode belongs to; the table must cover every opcode. */
-static const uint8_t kind_of[IORING_OP_LAST] = {
+/* Which get_tasks list an opcode belongs to, for every value an SQE's opcode can hold:
+ * the ones not named (and numbers no kernel has) are URA_TASK_DATA (0). */
+static const uint8_t kind_of[UINT8_MAX + 1] = {
 	[IORING_OP_READV] = URA_TASK_DOWNLOAD,
 	[IORING_OP_READ_FIXED] = URA_TASK_DOWNLOAD,
 	[IORING_OP_READ] = URA_TASK_DOWNLOAD,
 	[IORING_OP_RECV] = URA_TASK_DOWNLOAD,
 	[IORING_OP_RECVMSG] = URA_TASK_DOWNLOAD,
+	[URA__OP_READ_MULTISHOT] = URA_TASK_DOWNLOAD,
+	[URA__OP_RECV_ZC] = URA_TASK_DOWNLOAD,
+	[URA__OP_READV_FIXED] = URA_TASK_DOWNLOAD,
 	[IORING_OP_WRITEV] = URA_TASK_UPLOAD,
 	[IORING_OP_WRITE_FIXED] = URA_TASK_UPLOAD,
 	[IORING_OP_WRITE] = URA_TASK_UPLOAD,
@@ -176,11 +181,12 @@ static const uint8_t kind_of[IORING_OP_LAST] = {
 	[IORING_OP_SENDMSG] = URA_TASK_UPLOAD,
 	[IORING_OP_SEND_ZC] = URA_TASK_UPLOAD,
 	[IORING_OP_SENDMSG_ZC] = URA_TASK_UPLOAD,
-	/* every other opcode is URA_TASK_DATA (0) */
+	[URA__OP_WRITEV_FIXED] = URA_TASK_UPLOAD,
 };
-_Static_assert(sizeof(kind_of) == IORING_OP_LAST, "one kind per opcode");
+_Static_assert(sizeof(kind_of) == 1u << (8 * sizeof(((struct io_uring_sqe *)0)->opcode)),
+	       "one kind for every opcode an SQE can carry");
 
 enum ura_task_kind ura_task_kind_of_opcode(uint8_t opcode)
 {
-	return opcode < IORING_OP_LAST ? (enum ura_task_kind)kind_of[opcode] : URA_TASK_DATA;
+	return (enum ura_task_kind)kind_of[opcode];
 }

@@ -1,7 +1,7 @@
 /*
  * Lock-free task registry.
  *
- * Shape. The registry reserves address space for every slot it may ever have (1 GiB,
+ * Shape. The registry reserves address space for every slot it may ever have (256 MiB,
  * less if the system refuses; no memory is used until a chunk is made usable) and makes
  * chunks of 4096 slots usable in place as it grows. Slot i is therefore always base[i]:
  * a slot never moves, and the loop thread reaches the slot of an index it produced
@@ -25,9 +25,13 @@
  * discarded because the CAS fails. Tag wrap needs 2^32 stack operations between one
  * thread's load and its CAS.
  *
- * Handles. A handle is (generation << 32) | (loop tag << 24) | index; the tag keeps one
- * loop's handles from naming another's slots. Freeing bumps the slot's generation
- * (31 bits, never 0) before the slot can be handed out again, so a stale handle names a
+ * Handles. A handle is (generation << 32) | (loop tag << 22) | index; the tag keeps one
+ * loop's handles from naming another's slots. Tags are unique among live loops: each
+ * loop takes one from a process-wide bitmap and gives it back when freed, after every
+ * one of its sessions has had its final event. A final session answers -ENOENT without
+ * reading any registry, so the freed loop's handles, given with its own sessions, never
+ * reach the tasks of the tag's next holder. Freeing a slot bumps its generation (31
+ * bits, never 0) before the slot can be handed out again, so a stale handle names a
  * generation that no longer matches and is answered -ENOENT / COMPLETED, never reaching
  * the newer task. A generation repeats only after 2^31 - 1 reuses of one slot.
  *
@@ -39,6 +43,9 @@
  *    slots. A thread that learned an index from the free stack (release/acquire) or
  *    through the inbox (release/acquire) is ordered after the initialisation anyway,
  *    which is why ura__registry_slot_at needs no check.
+ *  - tag_put's release fetch_and pairs with tag_get's acquire fetch_or: the loop that held the
+ *    tag before (its sessions made final) happens-before the next holder hands out a
+ *    handle under it.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -58,7 +65,7 @@ int ura__registry_init(struct ura__registry *r, uint32_t tag)
 	memset(r, 0, sizeof(*r));
 	r->tag = tag;
 	/* PROT_NONE and MAP_NORESERVE: address space only, no memory and no commit charge
-	 * until grow() opens a chunk. A system that refuses 1 GiB (ulimit -v) gets less. */
+	 * until grow() opens a chunk. A system that refuses 256 MiB (ulimit -v) gets less. */
 	for (uint32_t n = URA__MAX_CHUNKS; n; n /= 2) {
 		void *p = mmap(NULL, (size_t)n * CHUNK_BYTES, PROT_NONE,
 			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -158,4 +165,42 @@ int64_t ura__registry_alloc_shared(struct ura__registry *r)
 void ura__registry_spill(struct ura__registry *r, uint32_t index, struct ura__slot *s)
 {
 	shared_push_chain(r, index, s);
+}
+
+/*
+ * Loop tags: bit t of the bitmap is set while a live loop holds tag t. Lock-free: a tag
+ * is taken by the fetch_or that sets its bit while it was clear, so exactly one thread
+ * takes each free tag; it is given back by one fetch_and. Bit 0 stays set: tag 0 is
+ * never given out.
+ *
+ * The search starts at a cursor that moves on by one per call, not at the lowest free
+ * tag: a tag given back is taken again only after the cursor has gone round (about
+ * URA__MAX_TAG loops later), so a stale handle of a freed loop, mistakenly given with
+ * a session of a newer loop, meets the same tag as late as possible. Loops are made and
+ * freed rarely, so a scan of the bitmap costs nothing that matters.
+ */
+static _Atomic uint64_t tags_held[(URA__MAX_TAG + 1) / 64] = { 1 };
+static _Atomic uint32_t tag_cursor;
+
+int ura__registry_tag_get(void)
+{
+	/* Relaxed: the cursor only spreads the search; the fetch_or below decides. */
+	uint32_t start = atomic_fetch_add_explicit(&tag_cursor, 1, memory_order_relaxed);
+	for (uint32_t i = 0; i <= URA__MAX_TAG; i++) {
+		uint32_t t = (start + i) % (URA__MAX_TAG + 1);
+		uint64_t bit = 1ull << (t % 64);
+		/* Acquire: pairs with tag_put's release (see the header comment). */
+		if (!(atomic_fetch_or_explicit(&tags_held[t / 64], bit, memory_order_acquire) & bit))
+			return (int)t;
+	}
+	return -EMFILE;
+}
+
+void ura__registry_tag_put(uint32_t tag)
+{
+	if (tag == 0 || tag > URA__MAX_TAG)
+		return;
+	/* Release: the old holder's teardown happens-before the next tag_get's acquire. */
+	atomic_fetch_and_explicit(&tags_held[tag / 64], ~(1ull << (tag % 64)),
+				  memory_order_release);
 }

@@ -72,16 +72,19 @@ enum {
 
 #define URA__CHUNK_SHIFT 12u
 #define URA__CHUNK_SLOTS (1u << URA__CHUNK_SHIFT)
-#define URA__MAX_CHUNKS 4096u /* 16M slots: 1 GiB of address space, reserved, not used */
+#define URA__MAX_CHUNKS 1024u /* 4M slots: 256 MiB of address space, reserved, not used */
 #define URA__LOCAL_CACHE_MAX 1024u
 /* A handle's low 32 bits: the loop's tag above the slot index, so a handle from another
- * loop is never mistaken for one of this loop's tasks. */
-#define URA__INDEX_BITS 24u
+ * live loop is never mistaken for one of this loop's tasks. */
+#define URA__INDEX_BITS 22u
 #define URA__INDEX_MASK ((1u << URA__INDEX_BITS) - 1)
-_Static_assert(URA__CHUNK_SHIFT + 12 <= URA__INDEX_BITS, "slot indexes must fit the handle");
+/* Tags 1..1023: as many loops can be alive at once (tag 0 is never given out). */
+#define URA__MAX_TAG ((1u << (32 - URA__INDEX_BITS)) - 1)
+_Static_assert((uint64_t)URA__MAX_CHUNKS * URA__CHUNK_SLOTS - 1 <= URA__INDEX_MASK,
+	       "slot indexes must fit the handle");
 
 struct ura__registry {
-	uint32_t tag;        /* 1..255, set at init, part of every handle */
+	uint32_t tag;        /* 1..URA__MAX_TAG, set at init, part of every handle */
 	uint32_t max_chunks; /* chunks the reservation holds (URA__MAX_CHUNKS unless short) */
 	/* One reservation of address space; chunk c is made usable in place, so slot i is
 	 * always base[i] and a slot never moves. */
@@ -99,9 +102,18 @@ struct ura__registry {
 	uint32_t local_count;
 };
 
-/* Reserves the address space; -ENOMEM when not even one chunk can be reserved. */
+/* Reserves the address space; -ENOMEM when not even one chunk can be reserved. tag is
+ * one from ura__registry_tag_get (a test may pick its own). */
 int ura__registry_init(struct ura__registry *r, uint32_t tag);
 void ura__registry_destroy(struct ura__registry *r);
+
+/* A loop tag no live loop holds, 1..URA__MAX_TAG, or -EMFILE when every one is held.
+ * Any thread. */
+int ura__registry_tag_get(void);
+/* Gives a tag back for another loop to use, once no handle can reach its loop's registry
+ * any more: every session of the loop has had its final event (ura_loop_free). Any
+ * thread. */
+void ura__registry_tag_put(uint32_t tag);
 
 /* The slot at an index the runtime itself produced (a live task's handle from its own
  * CQE or list, a free-list entry): no checks, one address computation. */

@@ -228,8 +228,6 @@ int ura__submit_ts(ura_session *s, const struct io_uring_sqe *sqe, unsigned flag
 		return -EINVAL;
 	if (flags & ~(unsigned)URA_SUBMIT_SUSPENDED)
 		return -EINVAL;
-	if (sqe->opcode >= IORING_OP_LAST)
-		return -EINVAL;
 	if (sqe->flags & (IOSQE_IO_LINK | IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS))
 		return -EINVAL;
 

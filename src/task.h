@@ -2,6 +2,8 @@
 #ifndef URA_TASK_H
 #define URA_TASK_H
 
+#include <errno.h>
+
 #include "loop.h"
 #include "session.h"
 
@@ -70,7 +72,7 @@ static inline int ura__fast_commit(struct ura__fast *f, ura_task_fn fn, void *ar
 void ura__task_command(ura_loop *loop, struct ura__cmd *cmd);
 /*
  * A task's end, from its terminal CQE or without one (ura__task_finish_now): counts a
- * cancelled task, retires its slot, makes the terminal call and lets the session finish
+ * task the cancel ended, retires its slot, makes the terminal call and lets the session finish
  * it (task_did_complete, unlink, release the slot). Loop thread; inline, once per task.
  */
 static inline void ura__task_end(ura_session *s, struct ura__slot *slot, ura_task t,
@@ -79,7 +81,9 @@ static inline void ura__task_end(ura_session *s, struct ura__slot *slot, ura_tas
 	/* Acquire: a canceller's CAS to CANCELING is read here (nothing it wrote before is
 	 * needed, but the state must be its latest). */
 	uint64_t gs = atomic_load_explicit(&slot->gen_state, memory_order_acquire);
-	if (ura__gs_state(gs) == URA__SLOT_CANCELING)
+	/* Counted only when the cancel is what ended the task: one that finished first
+	 * reports its real result, and its cancel did not take effect. */
+	if (ura__gs_state(gs) == URA__SLOT_CANCELING && (res == -ECANCELED || res == -EINTR))
 		ura__stat_bump(&s->stats.cancelled);
 	/* Retired before the calls, not after: during them the handle already reads
 	 * COMPLETED (a cancel gets -ENOENT), as it should once the terminal call has begun,

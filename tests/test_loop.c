@@ -1,6 +1,9 @@
 /* Loop: configuration, run/run_once/stop/post, cross-thread wakeup. */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -189,4 +192,92 @@ Test(loop, run_once_inside_callback_is_ebusy)
 	cr_assert_eq(ura_nop(ura_session_shared(loop), reenter, loop, NULL), 0);
 	cr_assert_eq(ura_loop_run(loop), 0);
 	ura_loop_free(loop);
+}
+
+struct nop_feeder {
+	ura_loop *loop;
+	struct th_calls *calls;
+	int n;
+	_Atomic int refused; /* submits that failed with something other than -EAGAIN */
+};
+
+static void *submit_nops(void *arg)
+{
+	struct nop_feeder *f = arg;
+	for (int i = 0; i < f->n; i++) {
+		int r;
+		while ((r = ura_nop(ura_session_shared(f->loop), th_record, f->calls, NULL)) == -EAGAIN)
+			sched_yield();
+		if (r != 0)
+			atomic_fetch_add(&f->refused, 1);
+	}
+	return NULL;
+}
+
+/* Below 8 entries the cancel headroom leaves no room for a task (sq 1 used to spin at
+ * 100% CPU and never run one): refused. 8 works, for many more tasks than the SQ holds,
+ * submitted on the loop thread and from another thread. */
+Test(loop, sq_below_8_is_einval_and_8_runs_more_tasks_than_it_holds)
+{
+	ura_loop *loop = NULL;
+	for (uint32_t sq = 1; sq < 8; sq++) {
+		struct ura_loop_config cfg = { .sq_entries = sq };
+		int r = ura_loop_new(&cfg, &loop);
+		cr_assert_eq(r, -EINVAL, "sq_entries %u: %d, not -EINVAL", sq, r);
+	}
+	struct ura_loop_config cfg = { .sq_entries = 8 };
+	cr_assert_eq(ura_loop_new(&cfg, &loop), 0);
+	enum { LOCAL = 3000, REMOTE = 3000 };
+	static struct th_calls c;
+	memset(&c, 0, sizeof(c));
+	struct nop_feeder f = { .loop = loop, .calls = &c, .n = REMOTE };
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, submit_nops, &f), 0);
+	for (int i = 0; i < LOCAL; i++)
+		cr_assert_eq(ura_nop(ura_session_shared(loop), th_record, &c, NULL), 0, "nop %d", i);
+	int r = 0;
+	bool ok = th_run_bounded(loop, 30000, &r);
+	pthread_join(th, NULL);
+	/* The other thread may have finished submitting after run found no work. */
+	ok = ok && r == 0 && th_run_bounded(loop, 30000, &r);
+	cr_assert(ok, "ura_loop_run did not return by itself (res %d, %lu of %d done)", r,
+		  (unsigned long)atomic_load(&c.terminal), LOCAL + REMOTE);
+	cr_assert_eq(r, 0);
+	cr_assert_eq(atomic_load(&f.refused), 0);
+	cr_assert_eq(atomic_load(&c.terminal), LOCAL + REMOTE, "%lu of %d tasks ran",
+		     (unsigned long)atomic_load(&c.terminal), LOCAL + REMOTE);
+	cr_assert_eq(atomic_load(&c.last_res), 0);
+	ura_loop_free(loop);
+}
+
+/* Each live loop holds one of 1023 handle tags (unique among live loops, so handles of
+ * two loops never meet): the 1024th live loop is refused, and a freed loop's tag is
+ * handed out again. Each loop costs two descriptors (ring, eventfd). */
+Test(loop, loop_beyond_1023_live_is_emfile, .timeout = 300)
+{
+	enum { MAX_LIVE = 1023 };
+	struct rlimit rl;
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	if (rl.rlim_cur < 2 * (MAX_LIVE + 1) + 64) {
+		rl.rlim_cur = rl.rlim_max;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+		(void)getrlimit(RLIMIT_NOFILE, &rl);
+		if (rl.rlim_cur < 2 * (MAX_LIVE + 1) + 64)
+			cr_skip("RLIMIT_NOFILE %lu is too low for 1024 rings (test_registry "
+				"checks the tag allocator itself)", (unsigned long)rl.rlim_cur);
+	}
+	static ura_loop *loops[MAX_LIVE + 1];
+	int n = 0, r = 0;
+	while (n <= MAX_LIVE && (r = ura_loop_new(NULL, &loops[n])) == 0)
+		n++;
+	cr_assert_eq(n, MAX_LIVE, "%d live loops, then %d", n, r);
+	cr_assert_eq(r, -EMFILE, "loop %d: %d, not -EMFILE", n + 1, r);
+	ura_loop_free(loops[100]);
+	cr_assert_eq(ura_loop_new(NULL, &loops[100]), 0, "a freed loop's tag was not reused");
+	ura_loop *extra = NULL;
+	cr_assert_eq(ura_loop_new(NULL, &extra), -EMFILE);
+	for (int i = 0; i < n; i++)
+		ura_loop_free(loops[i]);
+	cr_assert_eq(ura_loop_new(NULL, &extra), 0);
+	ura_loop_free(extra);
 }

@@ -1,4 +1,5 @@
 /* Registry: O(1) slots, generations, growth without moving, lock-free allocation. */
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 
@@ -129,7 +130,7 @@ Test(stress, registry_alloc_any_thread_free_one_thread, .timeout = 120)
 {
 	struct stress *st = calloc(1, sizeof(*st));
 	st->r = new_registry();
-	st->held = calloc(URA__MAX_CHUNKS * (size_t)URA__CHUNK_SLOTS / 16, 1);
+	st->held = calloc(URA__MAX_CHUNKS * (size_t)URA__CHUNK_SLOTS, 1); /* one per slot */
 	pthread_t th[THREADS];
 	for (int t = 0; t < THREADS; t++)
 		pthread_create(&th[t], NULL, producer, st);
@@ -161,4 +162,35 @@ Test(stress, registry_alloc_any_thread_free_one_thread, .timeout = 120)
 	free_registry(st->r);
 	free(st->held);
 	free(st);
+}
+
+/* Loop tags: each held by one live loop at a time, 1..URA__MAX_TAG, then -EMFILE; a
+ * tag given back is handed out again. No loop exists in this program, so all are free. */
+Test(registry, loop_tags_are_unique_until_given_back)
+{
+	static bool seen[URA__MAX_TAG + 1];
+	int n = 0, tag;
+	while ((tag = ura__registry_tag_get()) >= 0) {
+		cr_assert(tag >= 1 && tag <= (int)URA__MAX_TAG, "tag %d", tag);
+		cr_assert(!seen[tag], "tag %d handed out twice", tag);
+		seen[tag] = true;
+		n++;
+	}
+	cr_assert_eq(tag, -EMFILE, "%d", tag);
+	cr_assert_eq(n, (int)URA__MAX_TAG, "%d tags", n);
+	ura__registry_tag_put(77);
+	cr_assert_eq(ura__registry_tag_get(), 77);
+	cr_assert_eq(ura__registry_tag_get(), -EMFILE);
+	for (uint32_t t = 1; t <= URA__MAX_TAG; t++)
+		ura__registry_tag_put(t);
+	/* A tag given back is not the next one handed out: tags go round, so a freed
+	 * loop's stale handles meet a newer loop under the same tag as late as possible. */
+	int first = ura__registry_tag_get();
+	cr_assert_geq(first, 1);
+	ura__registry_tag_put((uint32_t)first);
+	for (int i = 0; i < 100; i++) {
+		int t = ura__registry_tag_get();
+		cr_assert(t >= 1 && t != first, "tag %d handed out again at once", t);
+		ura__registry_tag_put((uint32_t)t);
+	}
 }

@@ -546,6 +546,58 @@ Test(session, g9_cancel_results_enoent_counted)
 	ura_session_unref(s);
 }
 
+static uint64_t cancelled_count(ura_session *s)
+{
+	struct ura_session_stats st;
+	cr_assert_eq(ura_session_stats(s, &st), 0);
+	return st.cancelled;
+}
+
+/* stats.cancelled counts the tasks a cancel ended (-ECANCELED or -EINTR), not the
+ * cancels that came too late. */
+Test(session, g9_cancelled_counts_only_cancels_that_took_effect)
+{
+	struct th_delegate d = { 0 };
+	ura_session *s = new_session(&d);
+	/* A nop cancelled while still in the SQ: the kernel completes it (res 0) before the
+	 * cancel runs, which then finds nothing (-ENOENT). */
+	struct th_calls nop = { 0 };
+	ura_task t;
+	cr_assert_eq(ura_nop(s, th_record, &nop, &t), 0);
+	cr_assert_eq(ura_task_cancel(s, t), 0);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&nop.terminal), 1);
+	cr_assert_eq(atomic_load(&nop.last_res), 0, "res %d", atomic_load(&nop.last_res));
+	cr_assert_eq(cancelled_count(s), 0, "a cancel that did not take effect was counted");
+
+	/* A suspended task: the cancel ends it without an SQE. */
+	struct th_calls sus = { 0 };
+	struct io_uring_sqe sqe;
+	memset(&sqe, 0, sizeof(sqe));
+	io_uring_prep_nop(&sqe);
+	cr_assert_eq(ura_submit(s, &sqe, URA_SUBMIT_SUSPENDED, th_record, &sus, &t), 0);
+	cr_assert_eq(ura_task_cancel(s, t), 0);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&sus.last_res), -ECANCELED);
+	cr_assert_eq(cancelled_count(s), 1);
+
+	/* A read that waits on an empty pipe: the kernel cancels it. */
+	int p[2];
+	cr_assert_eq(pipe(p), 0);
+	static char buf[8];
+	struct th_calls rd = { 0 };
+	cr_assert_eq(ura_read(s, p[0], buf, sizeof(buf), 0, th_record, &rd, &t), 0);
+	cr_assert_geq(ura_loop_run_once(loop, false), 0);
+	cr_assert_eq(ura_task_cancel(s, t), 0);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	int32_t res = atomic_load(&rd.last_res);
+	cr_assert(res == -ECANCELED || res == -EINTR, "res %d", res);
+	cr_assert_eq(cancelled_count(s), 2);
+	close(p[0]);
+	close(p[1]);
+	ura_session_unref(s);
+}
+
 Test(session, g10_loop_free_gives_each_session_a_negative_final_error)
 {
 	struct th_delegate d1 = { 0 }, d2 = { 0 };

@@ -56,7 +56,11 @@ struct ura_loop_config {
 	uint32_t cq_entries;  /* 0: 8 x sq_entries (clamped to 65536); at least sq_entries,
 			       * at most 65536 (the kernel's limit) */
 	uint32_t flags;       /* URA_LOOP_* */
-	uint32_t reserved[5]; /* must be zero */
+	/* Tasks other threads may have accepted and not yet in the ring (in the inbox or
+	 * waiting for SQ room): past it ura_submit from another thread answers -EAGAIN.
+	 * 0: 65536; at most 16777216. Nothing accepted is ever dropped. */
+	uint32_t max_queued;
+	uint32_t reserved[4]; /* must be zero */
 };
 
 /* Setup flags the kernel accepted for a loop (ura_loop_features). */

@@ -41,6 +41,13 @@
 #define MIN_SQ 8u
 #define MAX_SQ 32768u
 #define MAX_CQ 65536u /* the kernel's IORING_MAX_CQ_ENTRIES */
+/* Tasks other threads may have queued (ura_loop_config.max_queued): a command and a slot
+ * each, about 200 bytes, so the default bounds them to about 13 MiB. */
+#define DEFAULT_MAX_QUEUED 65536u
+#define MAX_MAX_QUEUED (1u << 24)
+/* Commands run per iteration, in SQs' worth: more could not reach the ring in this
+ * iteration anyway, and completions must not wait behind a flood of commands. */
+#define CMD_SLICE_SQS 4u
 #define FREE_DRAIN_NS (5ull * 1000 * 1000 * 1000)
 
 uint64_t ura__now_ns(void)
@@ -80,10 +87,12 @@ void ura__vec_free(struct ura__vec *v)
 
 /* ------------------------------------------------------------- setup */
 
-static int validate_config(const struct ura_loop_config *cfg, unsigned *sq, unsigned *cq)
+static int validate_config(const struct ura_loop_config *cfg, unsigned *sq, unsigned *cq,
+			   unsigned *max_queued)
 {
 	*sq = DEFAULT_SQ;
 	*cq = 0;
+	*max_queued = DEFAULT_MAX_QUEUED;
 	if (!cfg)
 		return 0;
 	for (size_t i = 0; i < sizeof(cfg->reserved) / sizeof(cfg->reserved[0]); i++)
@@ -92,8 +101,10 @@ static int validate_config(const struct ura_loop_config *cfg, unsigned *sq, unsi
 	if (cfg->flags & ~(uint32_t)(URA_LOOP_NO_DEFER_TASKRUN | URA_LOOP_NO_COOP_TASKRUN))
 		return -EINVAL;
 	if ((cfg->sq_entries && cfg->sq_entries < MIN_SQ) || cfg->sq_entries > MAX_SQ ||
-	    cfg->cq_entries > MAX_CQ)
+	    cfg->cq_entries > MAX_CQ || cfg->max_queued > MAX_MAX_QUEUED)
 		return -EINVAL;
+	if (cfg->max_queued)
+		*max_queued = cfg->max_queued;
 	if (cfg->sq_entries)
 		*sq = cfg->sq_entries;
 	if (cfg->cq_entries) {
@@ -191,8 +202,8 @@ int ura_loop_new(const struct ura_loop_config *cfg, ura_loop **out)
 {
 	if (!out)
 		return -EINVAL;
-	unsigned sq, cq;
-	int r = validate_config(cfg, &sq, &cq);
+	unsigned sq, cq, max_queued;
+	int r = validate_config(cfg, &sq, &cq, &max_queued);
 	if (r < 0)
 		return r;
 	/* The tag in every handle, unique among live loops: handles of two live loops
@@ -207,6 +218,7 @@ int ura_loop_new(const struct ura_loop_config *cfg, ura_loop **out)
 		goto err_tag;
 	}
 	atomic_init(&loop->refs, 1); /* the loop's own, dropped by ura_loop_free */
+	loop->max_queued = max_queued;
 	loop->owner = pthread_self();
 	loop->owner_mark = &ura__thread_mark;
 	r = ura__registry_init(&loop->registry, (uint32_t)tag);
@@ -223,6 +235,7 @@ int ura_loop_new(const struct ura_loop_config *cfg, ura_loop **out)
 		goto err_fd;
 	/* Cancels may always use the last eighth of the SQ (at least one entry). */
 	loop->cancel_headroom = loop->sq_entries / 8 ? loop->sq_entries / 8 : 1;
+	loop->cmd_slice = loop->sq_entries * CMD_SLICE_SQS;
 	r = ura__session_shared_new(loop, &loop->shared);
 	if (r < 0)
 		goto err_ring;
@@ -320,11 +333,23 @@ struct io_uring_sqe *ura__loop_cancel_sqe(ura_loop *loop)
 
 /* ------------------------------------------------------------ iteration */
 
+/*
+ * Runs one slice of commands: those left from the last slice, else what the inbox holds,
+ * at most cmd_slice of them; the rest wait, in order, for the next iteration, so that a
+ * flood of commands cannot keep completions from being reaped.
+ */
 static unsigned run_commands(ura_loop *loop)
 {
 	unsigned n = 0;
-	struct ura__inbox_node *node = ura__inbox_take(&loop->inbox);
+	struct ura__inbox_node *node = loop->inbox_rest;
+	if (!node)
+		node = ura__inbox_take(&loop->inbox);
+	loop->inbox_rest = NULL;
 	while (node) {
+		if (n == loop->cmd_slice) {
+			loop->inbox_rest = node;
+			break;
+		}
 		struct ura__cmd *cmd = (struct ura__cmd *)node;
 		node = node->next;
 		n++;
@@ -440,7 +465,7 @@ URA__HOT static bool must_not_block(ura_loop *loop)
 {
 	/* Backlogged work must not wait behind tasks that may never complete: this enter
 	 * empties the SQ and the next iteration moves the backlog into it. */
-	return loop->deferred.len || !ura__inbox_empty(&loop->inbox) || ura__loop_backlogged(loop) ||
+	return loop->deferred.len || ura__loop_has_commands(loop) || ura__loop_backlogged(loop) ||
 	       loop->cancels_lost ||
 	       atomic_load_explicit(&loop->stop, memory_order_acquire) ||
 	       io_uring_cq_has_overflow(&loop->ring) || io_uring_cq_ready(&loop->ring);
@@ -499,7 +524,7 @@ URA__HOT static int iterate(ura_loop *loop, bool wait, const struct __kernel_tim
 	/* Each step is called only when it has work: the steps live on other text pages,
 	 * and an idle step's page would cost a TLB miss per iteration (see enter.h). */
 	unsigned handled = 0;
-	if (!ura__inbox_empty(&loop->inbox))
+	if (ura__loop_has_commands(loop))
 		handled += run_commands(loop);
 	if (deferred_pending(loop))
 		handled += run_deferred(loop);
@@ -531,7 +556,7 @@ static bool has_work(ura_loop *loop)
 {
 	return loop->live_tasks || loop->cancels_in_flight || loop->retry_timers ||
 	       loop->active_handles || loop->invalidating || loop->deferred.len ||
-	       !ura__inbox_empty(&loop->inbox) ||
+	       ura__loop_has_commands(loop) ||
 	       loop->backlog.len || loop->cancel_backlog.len;
 }
 
@@ -643,7 +668,18 @@ void ura_loop_free(ura_loop *loop)
 	 * follows touches no memory the kernel still uses. */
 	io_uring_queue_exit(&loop->ring);
 	ura__session_abandon_all(loop);
-	for (struct ura__inbox_node *n = ura__inbox_take(&loop->inbox); n;) {
+	/* Commands of a slice not run yet come first, then the inbox's, in order. */
+	struct ura__inbox_node *left = loop->inbox_rest;
+	loop->inbox_rest = NULL;
+	if (!left)
+		left = ura__inbox_take(&loop->inbox);
+	else
+		for (struct ura__inbox_node *tail = left;; tail = tail->next)
+			if (!tail->next) {
+				tail->next = ura__inbox_take(&loop->inbox);
+				break;
+			}
+	for (struct ura__inbox_node *n = left; n;) {
 		struct ura__cmd *cmd = (struct ura__cmd *)n;
 		n = n->next;
 		/* A session's notice holds a reference and is embedded in the session; the

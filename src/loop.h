@@ -47,6 +47,7 @@ struct ura__cmd {
 	uint8_t variant;             /* GET_TASKS: all or by kind; FLUSH: flush or reset */
 	ura_task task;
 	ura_session *session;        /* holds a reference for SESSION, GET_TASKS, FLUSH */
+	uint64_t barrier_tag;        /* SUBMIT: the task's tag; FLUSH: the barrier's */
 	void *fn;
 	void *arg;
 	/* SUBMIT, and the SQE copy kept while a task is suspended or backlogged. */
@@ -92,8 +93,16 @@ struct ura_loop {
 
 	struct ura__registry registry;
 
+	/* Tasks accepted by other threads and not yet in the ring (URA__TF_QUEUED), and
+	 * the bound past which such a submit answers -EAGAIN. Every remote submit writes
+	 * it: on its own line. */
+	_Alignas(64) _Atomic uint64_t queued;
+	uint64_t max_queued;
+
 	/* Cross-thread commands. */
-	struct ura__inbox inbox;
+	_Alignas(64) struct ura__inbox inbox;
+	struct ura__inbox_node *inbox_rest; /* taken, not yet run: the next slice's start */
+	unsigned cmd_slice;                 /* commands run per iteration at most */
 	int wake_fd;
 	uint64_t wake_buf;
 	bool wake_armed;
@@ -192,6 +201,20 @@ static inline void ura__loop_leave(ura_loop *loop)
 /* Keeps the loop object (not its ring or registry) allocated. Any thread. */
 void ura__loop_ref(ura_loop *loop);
 void ura__loop_unref(ura_loop *loop);
+
+/* A task counted in loop->queued left it (into the ring, suspended, or ended). */
+static inline void ura__loop_unqueue(ura_loop *loop, struct ura__slot *slot)
+{
+	slot->lflags &= (uint8_t)~URA__TF_QUEUED;
+	/* Relaxed: a bound, not a publication; nothing is read through it. */
+	atomic_fetch_sub_explicit(&loop->queued, 1, memory_order_relaxed);
+}
+
+/* Commands wait in the inbox, or were taken and wait for the next slice. Loop thread. */
+static inline bool ura__loop_has_commands(ura_loop *loop)
+{
+	return loop->inbox_rest || !ura__inbox_empty(&loop->inbox);
+}
 
 /* Sends a command to the loop thread and wakes it if needed. Any thread. */
 void ura__loop_send(ura_loop *loop, struct ura__cmd *cmd);

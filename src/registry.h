@@ -36,10 +36,10 @@ struct ura__slot {
 	 * because a thread popping the free list may read a stale link (see registry.c). */
 	_Atomic uint32_t next;
 	uint32_t prev;                   /* loop: session task list */
-	uint32_t seq;                    /* loop: acceptance order within the session (flush), */
+	uint32_t tag_lo;                 /* loop: the barrier tag it was linked with (barrier.c), */
 	uint8_t opcode;                  /* for get_tasks kinds */
 	uint8_t lflags;                  /* loop: URA__TF_* */
-	uint16_t seq_hi;                 /* ...48 bits with these (ura__slot_seq) */
+	uint16_t tag_hi;                 /* ...48 bits with these (ura__slot_tag) */
 	/* Written before the slot's state is published (release), read by any thread after
 	 * an acquire load of gen_state with a matching generation. */
 	_Atomic(ura_session *) session;
@@ -52,10 +52,16 @@ struct ura__slot {
 };
 _Static_assert(sizeof(struct ura__slot) <= 64, "a registry slot must fit one cache line");
 
-/* A slot's 48-bit sequence number (seq and seq_hi). Loop thread. */
-static inline uint64_t ura__slot_seq(const struct ura__slot *s)
+/* A slot's 48-bit barrier tag (tag_lo and tag_hi). Loop thread. */
+static inline uint64_t ura__slot_tag(const struct ura__slot *s)
 {
-	return (uint64_t)s->seq_hi << 32 | s->seq;
+	return (uint64_t)s->tag_hi << 32 | s->tag_lo;
+}
+
+static inline void ura__slot_set_tag(struct ura__slot *s, uint64_t tag)
+{
+	s->tag_lo = (uint32_t)tag;
+	s->tag_hi = (uint16_t)(tag >> 32);
 }
 
 /* Slot flags (slot->lflags), loop thread only. */
@@ -67,7 +73,7 @@ enum {
 	URA__TF_LINKED = 1u << 4,      /* counted live by its session (and on its list) */
 	URA__TF_BACKLOG = 1u << 5,     /* waiting in the loop's backlog for SQ room */
 	URA__TF_TIMEOUT = 1u << 6,     /* ura_timeout: addr must point at the slot's u.ts */
-	URA__TF_REMOTE = 1u << 7,      /* accepted on another thread, linked from the inbox */
+	URA__TF_QUEUED = 1u << 7,      /* accepted on another thread, counted in loop->queued */
 };
 
 #define URA__CHUNK_SHIFT 12u

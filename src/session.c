@@ -123,11 +123,7 @@ void ura_session_unref(ura_session *s)
 	/* acq_rel: the last unref sees every other holder's writes before freeing. */
 	if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
 		return;
-	while (s->barriers) {
-		struct ura__barrier *b = s->barriers;
-		s->barriers = b->next;
-		ura__free(b);
-	}
+	ura__barriers_free(s);
 	free(s->description);
 	ura__free(s->scratch);
 	pthread_mutex_destroy(&s->desc_lock);
@@ -241,21 +237,14 @@ static void reset_stats(ura_session *s)
 	s->scratch_cap = 0;
 }
 
-/* Runs the barriers whose tasks have all completed, oldest first. */
-static void run_due_barriers(ura_session *s)
+void ura__session_barrier_answer(ura_session *s, struct ura__barrier *b)
 {
-	while (s->barriers && s->barriers->remaining == 0) {
-		struct ura__barrier *b = s->barriers;
-		s->barriers = b->next;
-		if (!s->barriers)
-			s->barriers_tail = NULL;
-		if (b->reset)
-			reset_stats(s);
-		if (b->fn)
-			b->fn(s, b->arg);
-		ura__free(b);
-		ura__session_count_put(s);
-	}
+	if (b->reset)
+		reset_stats(s);
+	if (b->fn)
+		b->fn(s, b->arg);
+	ura__free(b);
+	ura__session_count_put(s);
 }
 
 static void maybe_final(ura_session *s);
@@ -264,8 +253,6 @@ static void remove_cancel_retry(ura_session *s);
 
 void ura__session_after_task(ura_session *s)
 {
-	if (s->barriers)
-		run_due_barriers(s);
 	if (ura__session_live(s) == 0 && s->invalidating) {
 		if (s->retry_armed && !s->retry_removing)
 			remove_cancel_retry(s); /* nothing left to cancel: end the wait */
@@ -632,13 +619,12 @@ static int send_request(ura_session *s, uint8_t kind, uint8_t variant, void *fn,
 		cmd->session = s;
 		cmd->fn = fn;
 		cmd->arg = arg;
-		/* A barrier covers the tasks live at the call, on whatever thread: the next
-		 * sequence number now bounds the tasks the loop thread has linked (a link
-		 * that happens-before this call is seen by this read, relaxed or not), and
-		 * tasks other threads submitted before the call are ahead of this command in
-		 * the inbox (URA__TF_REMOTE, see struct ura__barrier). Later tasks, also the
-		 * loop thread's before it takes the command, are not waited for. */
-		cmd->task = ura__session_next_seq(s) + 1;
+		/* A barrier covers the tasks live at the call, on whatever thread: its tag
+		 * is taken now (barrier.c). Relaxed: the RMW's place in the counter's order
+		 * is all that matters (see ura__session_barrier_tag). */
+		if (kind == URA__CMD_FLUSH)
+			cmd->barrier_tag = atomic_fetch_add_explicit(&s->barrier_calls, 1,
+								     memory_order_relaxed);
 		/* Always through the inbox, also on the loop thread: the answer is
 		 * asynchronous. */
 		ura__loop_send(loop, cmd);
@@ -730,40 +716,13 @@ void ura__session_command(struct ura__cmd *cmd)
 		ura__session_count_put(s);
 		return;
 	}
-	/* FLUSH / RESET: a barrier behind every task accepted so far. The command's memory
-	 * becomes the barrier (same size class is not needed: allocate a small one). */
-	struct ura__barrier want = {
-		.seq_limit = cmd->task - 1,
-		.seq_mark = ura__session_next_seq(s),
-		.reset = cmd->variant == BARRIER_RESET,
-		.fn = (void (*)(ura_session *, void *))cmd->fn,
-		.arg = cmd->arg,
-	};
-	struct ura__barrier *b = ura__malloc(sizeof(*b));
-	if (!b) {
-		/* No memory to wait: answer now only if nothing is pending, else retry. The
-		 * retry takes a later mark, so it may also wait for tasks other threads
-		 * submitted after the call: only when memory ran out. */
-		if (!ura__session_barrier_count(s, &want)) {
-			if (cmd->variant == BARRIER_RESET)
-				reset_stats(s);
-			((void (*)(ura_session *, void *))cmd->fn)(s, cmd->arg);
-			ura__free(cmd);
-			ura__session_count_put(s);
-		} else {
-			ura__loop_send(s->loop, cmd); /* try again next drain */
-		}
+	/* FLUSH / RESET: a barrier behind the tasks live at the call (barrier.c). */
+	if (ura__barrier_add(s, cmd->barrier_tag, cmd->variant == BARRIER_RESET,
+			     (void (*)(ura_session *, void *))cmd->fn, cmd->arg) < 0) {
+		ura__loop_send(s->loop, cmd); /* no memory: try again at the next drain */
 		return;
 	}
-	*b = want;
-	b->remaining = ura__session_barrier_count(s, b);
 	ura__free(cmd);
-	if (s->barriers_tail)
-		s->barriers_tail->next = b;
-	else
-		s->barriers = b;
-	s->barriers_tail = b;
-	run_due_barriers(s);
 }
 
 int ura_session_stats(ura_session *s, struct ura_session_stats *out)

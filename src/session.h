@@ -28,25 +28,27 @@
 /* Stats written by the loop thread only, read by any thread: relaxed atomics so a
  * reader gets torn-free values without slowing the single writer. */
 struct ura__session_counters {
-	/* submitted counts from the session's creation (it also numbers the tasks, see
-	 * slot->seq); the stat is submitted - submitted_base, the base set by reset. */
+	/* submitted counts from the session's creation; the stat is submitted -
+	 * submitted_base, the base set by reset. */
 	_Atomic uint64_t submitted, submitted_base, completed, cancelled;
 	_Atomic uint64_t cancel_ok, cancel_enoent, cancel_ealready;
 	_Atomic uint64_t in_flight, peak_in_flight;
 	_Atomic uint64_t invalidate_to_final_ns;
 };
 
+/* A flush or reset waiting for the tasks tagged at or below tag (barrier.c). */
 struct ura__barrier {
 	struct ura__barrier *next;
-	/* The tasks it waits for (session_walk.c): those linked before seq_mark (when the
-	 * request was taken) and either numbered below seq_limit (linked before the call)
-	 * or accepted on another thread (URA__TF_REMOTE: their SUBMIT was ahead of the
-	 * request in the inbox, so they were accepted before the call too). */
-	uint64_t seq_limit, seq_mark;
-	uint64_t remaining; /* ...that have not finished */
+	uint64_t tag;
 	bool reset;
 	void (*fn)(ura_session *, void *);
 	void *arg;
+};
+
+/* Live tasks per barrier tag above the session's base tag, oldest first (barrier.c). */
+struct ura__tag_counts {
+	uint64_t *items;   /* items[head + i]: tasks tagged base + 1 + i */
+	uint32_t head, len, cap;
 };
 
 struct ura_session {
@@ -54,6 +56,9 @@ struct ura_session {
 	_Alignas(64) _Atomic uint64_t state;
 	_Atomic uint32_t refs;
 	_Atomic uint64_t invalidate_requested_ns; /* first request's time, 0 before */
+	/* Flush and reset calls so far, any thread: a task is tagged with its value when
+	 * submitted, a barrier with its value before the call's increment (barrier.c). */
+	_Atomic uint64_t barrier_calls;
 
 	_Alignas(64) ura_loop *loop; /* not dereferenced once the final event has been sent */
 	bool shared;
@@ -76,7 +81,12 @@ struct ura_session {
 	bool cancel_all_done;            /* live tasks were cancelled for URA__SS_CANCEL */
 	bool invalidating;               /* on the loop's invalidation watch */
 	int final_error;
-	struct ura__barrier *barriers, *barriers_tail;
+	struct ura__barrier *barriers, *barriers_tail; /* oldest (the front) first */
+	uint64_t tag_base;               /* no live task is tagged below it (barrier.c) */
+	uint64_t tagged;                 /* live tasks tagged above tag_base */
+	uint64_t front_pending;          /* live tasks the front barrier waits for */
+	uint64_t last_barrier_tag;       /* of the newest barrier taken */
+	struct ura__tag_counts tag_counts;
 	ura_task *scratch;               /* get_tasks answers; dropped by reset */
 	size_t scratch_cap;
 	ura_session *next_in_loop, *prev_in_loop; /* under loop->sessions_lock */
@@ -139,11 +149,47 @@ static inline struct ura__slot *ura__session_slot(ura_session *s, uint32_t index
  * caller sets URA__TF_LINKED with the slot's other flags (one store). The shared
  * session keeps no list (see session_walk.c).
  */
-static inline void ura__session_task_linked(ura_session *s, uint32_t index, struct ura__slot *slot)
+/* The tag of a task submitted now (barrier.c). Any thread. */
+static inline uint64_t ura__session_barrier_tag(ura_session *s)
+{
+	/* Relaxed: a flush call that happens-before this read is seen by it (coherence),
+	 * and one that this read happens-before cannot be; nothing else is ordered. */
+	return atomic_load_explicit(&s->barrier_calls, memory_order_relaxed);
+}
+
+/* Out of line, rare: a tag above the base (a barrier was asked since the base). */
+uint64_t ura__barrier_tag_add(ura_session *s, uint64_t tag);
+void ura__barrier_tag_remove(ura_session *s, uint64_t tag);
+/* The front barrier's tasks are done: runs it and every due one after it. */
+void ura__barriers_run_due(ura_session *s);
+
+/* Counts a task linked with tag in the barrier accounting. O(1). Loop thread. */
+static inline void ura__barrier_task_linked(ura_session *s, struct ura__slot *slot, uint64_t tag)
+{
+	if (tag < s->tag_base)
+		tag = s->tag_base; /* its barriers have all run: it was submitted with them */
+	if (tag > s->tag_base)
+		tag = ura__barrier_tag_add(s, tag);
+	ura__slot_set_tag(slot, tag);
+	if (s->barriers && tag <= s->barriers->tag)
+		s->front_pending++;
+}
+
+/* Uncounts a finished task; runs barriers that were waiting only for it. O(1) but for
+ * the barriers run. Loop thread. */
+static inline void ura__barrier_task_done(ura_session *s, const struct ura__slot *slot)
+{
+	uint64_t tag = ura__slot_tag(slot);
+	if (tag > s->tag_base)
+		ura__barrier_tag_remove(s, tag);
+	if (s->barriers && tag <= s->barriers->tag && --s->front_pending == 0)
+		ura__barriers_run_due(s);
+}
+
+static inline void ura__session_task_linked(ura_session *s, uint32_t index, struct ura__slot *slot,
+					    uint64_t tag)
 {
 	uint64_t n = atomic_load_explicit(&s->stats.submitted, memory_order_relaxed);
-	slot->seq = (uint32_t)n;
-	slot->seq_hi = (uint16_t)(n >> 32);
 	ura__stat_set(&s->stats.submitted, n + 1);
 	if (!s->shared) {
 		slot->prev = s->task_tail;
@@ -161,6 +207,7 @@ static inline void ura__session_task_linked(ura_session *s, uint32_t index, stru
 	/* The peak is compared on a loop-thread copy, stored only when it grows. */
 	if (live > s->peak_live)
 		ura__stat_set(&s->stats.peak_in_flight, s->peak_live = live);
+	ura__barrier_task_linked(s, slot, tag);
 }
 
 static inline void ura__session_task_unlink(ura_session *s, struct ura__slot *slot)
@@ -191,22 +238,19 @@ struct ura__task_walk {
 };
 void ura__task_walk_start(struct ura__task_walk *w, ura_session *s);
 struct ura__slot *ura__task_walk_next(struct ura__task_walk *w, uint32_t *index);
-/* How many linked tasks of s barrier b waits for (b's seq fields set). */
-uint64_t ura__session_barrier_count(ura_session *s, const struct ura__barrier *b);
-/* A task finished: counts it down in the barriers waiting for it. */
-void ura__session_barriers_task_done(ura_session *s, const struct ura__slot *slot);
-
 /* Frees the SQE copy a task kept while pending or suspended (task.c). */
 void ura__task_drop_pending(struct ura__slot *slot);
-/* Runs due barriers and, when nothing is left, the final event (session.c). */
+/* The last task is done: the final event, if the session is invalidating (session.c). */
 void ura__session_after_task(ura_session *s);
-
-/* The sequence number the next task of s will get. Any thread: only the loop thread
- * writes it, and a reader sees at least every link that happens-before its read. */
-static inline uint64_t ura__session_next_seq(ura_session *s)
-{
-	return atomic_load_explicit(&s->stats.submitted, memory_order_relaxed);
-}
+/* Runs a barrier's callback (a reset first resets the stats) and releases its count
+ * unit (session.c). */
+void ura__session_barrier_answer(ura_session *s, struct ura__barrier *b);
+/* Takes a flush/reset request with tag: a new barrier at the back (barrier.c). Returns
+ * -ENOMEM (the caller retries). Loop thread. */
+int ura__barrier_add(ura_session *s, uint64_t tag, bool reset, void (*fn)(ura_session *, void *),
+		     void *arg);
+/* Frees what the barrier accounting holds (the session's last unref). */
+void ura__barriers_free(ura_session *s);
 
 /* After a task's terminal call: task_did_complete, unlink, free the slot, release the
  * count, run due barriers, and emit the final event if it was the last. The caller
@@ -224,13 +268,14 @@ static inline void ura__session_task_finished(ura_session *s, struct ura__slot *
 	if (!s->shared)
 		ura__session_task_unlink(s, slot);
 	loop->live_tasks--;
-	if (s->barriers)
-		ura__session_barriers_task_done(s, slot);
-	ura__registry_release(&loop->registry, index, slot);
 	ura__stat_bump(&s->stats.completed);
 	uint64_t live = ura__session_live(s) - 1;
 	ura__stat_set(&s->stats.in_flight, live);
-	if (s->barriers || (live == 0 && s->invalidating))
+	/* After the live count: a barrier run here reads it (barrier.c). Before the
+	 * release: the slot's tag is read. */
+	ura__barrier_task_done(s, slot);
+	ura__registry_release(&loop->registry, index, slot);
+	if (live == 0 && s->invalidating)
 		ura__session_after_task(s);
 }
 

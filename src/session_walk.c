@@ -1,15 +1,11 @@
 /*
- * Walking a session's tasks, and the barriers that count them.
+ * Walking a session's tasks.
  *
  * A session keeps its live tasks on a list in acceptance order, except the shared
  * session: it is never invalidated, so nothing needs its tasks often, and most programs'
  * tasks go through it, so it saves the list's upkeep on every task. Its rare walks
  * (get_tasks, flush and reset, cancel retries, the loop's teardown) scan the registry
- * for slots it has linked instead.
- *
- * Barriers (flush, reset) count the tasks they wait for when they are set up, and each
- * of those tasks counts itself down when it finishes (by its sequence number), so they
- * need no order among the tasks either.
+ * for slots it has linked instead. (Barriers need no walk: see barrier.c.)
  */
 #include "session.h"
 
@@ -74,39 +70,4 @@ struct ura__slot *ura__task_walk_next(struct ura__task_walk *w, uint32_t *index)
 	*index = w->next1 - 1;
 	w->next1 = atomic_load_explicit(&slot->next, memory_order_relaxed);
 	return slot;
-}
-
-/* seq < bound, for a task's 48-bit sequence number and a full one: by the sign of the
- * 48-bit difference, which is right while fewer than 2^47 tasks are submitted between
- * the two (32 bits were not: 2^31 submits during one pending flush take minutes). */
-static bool seq_before(const struct ura__slot *slot, uint64_t bound)
-{
-	return (int64_t)((ura__slot_seq(slot) - bound) << 16) < 0;
-}
-
-/* Whether barrier b waits for the task in slot (see struct ura__barrier). */
-static bool waits_for(const struct ura__barrier *b, const struct ura__slot *slot)
-{
-	return seq_before(slot, b->seq_mark) &&
-	       (seq_before(slot, b->seq_limit) || (slot->lflags & URA__TF_REMOTE));
-}
-
-uint64_t ura__session_barrier_count(ura_session *s, const struct ura__barrier *b)
-{
-	/* Called from commands, at the start of an iteration: no terminal call is in
-	 * progress, so every task walked will still finish and count itself down. */
-	uint64_t n = 0;
-	struct ura__task_walk w;
-	uint32_t index;
-	ura__task_walk_start(&w, s);
-	for (struct ura__slot *slot; (slot = ura__task_walk_next(&w, &index));)
-		n += waits_for(b, slot);
-	return n;
-}
-
-void ura__session_barriers_task_done(ura_session *s, const struct ura__slot *slot)
-{
-	for (struct ura__barrier *b = s->barriers; b; b = b->next)
-		if (waits_for(b, slot))
-			b->remaining--;
 }

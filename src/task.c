@@ -99,6 +99,8 @@ static bool place_pending(ura_loop *loop, uint32_t index, struct ura__slot *slot
 	struct ura__cmd *cmd = slot->u.pending;
 	struct __kernel_timespec ts = cmd->ts;
 	slot->lflags &= (uint8_t)~URA__TF_HAS_PENDING;
+	if (slot->lflags & URA__TF_QUEUED)
+		ura__loop_unqueue(loop, slot);
 	fill_sqe(io_uring_get_sqe(&loop->ring), &cmd->sqe, &ts, slot, t);
 	ura__free(cmd);
 	return true;
@@ -123,7 +125,7 @@ static int accept_on_loop(ura_loop *loop, uint32_t index, struct ura__slot *slot
 		fill_sqe(io_uring_get_sqe(&loop->ring), sqe, ts, slot, t);
 		set_state(slot, gen, URA__SLOT_RUNNING);
 		slot->lflags |= URA__TF_LINKED;
-		ura__session_task_linked(s, index, slot);
+		ura__session_task_linked(s, index, slot, ura__session_barrier_tag(s));
 		return 0;
 	}
 	/* Room in the backlog first: once linked, the task could not be refused. */
@@ -138,7 +140,7 @@ static int accept_on_loop(ura_loop *loop, uint32_t index, struct ura__slot *slot
 	keep_pending(slot, cmd);
 	set_state(slot, gen, suspended ? URA__SLOT_SUSPENDED : URA__SLOT_PENDING);
 	slot->lflags |= URA__TF_LINKED;
-	ura__session_task_linked(s, index, slot);
+	ura__session_task_linked(s, index, slot, ura__session_barrier_tag(s));
 	if (!suspended)
 		backlog_add(loop, slot, t);
 	return 0;
@@ -189,13 +191,18 @@ static int submit_remote(ura_session *s, ura_loop *loop, const struct io_uring_s
 			 unsigned flags, const struct __kernel_timespec *ts, ura_task_fn fn,
 			 void *arg, ura_task *out)
 {
+	/* The loop's bound on work queued by other threads (ura_loop_config.max_queued).
+	 * Relaxed: a count, not a publication. */
+	if (atomic_fetch_add_explicit(&loop->queued, 1, memory_order_relaxed) >= loop->max_queued) {
+		atomic_fetch_sub_explicit(&loop->queued, 1, memory_order_relaxed);
+		return -EAGAIN;
+	}
+	int r = -ENOMEM;
 	/* Allocated before the task is counted: a failure here needs no undo. */
 	struct ura__cmd *cmd = ura__malloc(sizeof(*cmd));
-	if (!cmd)
-		return -ENOMEM;
-	int r = ura__session_count_get(s);
-	if (r < 0) {
+	if (!cmd || (r = ura__session_count_get(s)) < 0) {
 		ura__free(cmd);
+		atomic_fetch_sub_explicit(&loop->queued, 1, memory_order_relaxed);
 		return r;
 	}
 	ura_task t;
@@ -203,12 +210,15 @@ static int submit_remote(ura_session *s, ura_loop *loop, const struct io_uring_s
 	if (idx < 0) {
 		ura__free(cmd);
 		ura__session_count_put(s);
+		atomic_fetch_sub_explicit(&loop->queued, 1, memory_order_relaxed);
 		return (int)idx;
 	}
 	struct ura__slot *slot = ura__registry_slot_at(&loop->registry, (uint32_t)idx);
+	slot->lflags |= URA__TF_QUEUED; /* until it reaches the ring, is suspended or ends */
 	cmd->kind = URA__CMD_SUBMIT;
 	cmd->task = t;
 	cmd->session = s;
+	cmd->barrier_tag = ura__session_barrier_tag(s); /* submitted now, linked later */
 	memcpy(&cmd->sqe, sqe, sizeof(*sqe));
 	if (ts)
 		cmd->ts = *ts;
@@ -304,6 +314,8 @@ int ura_task_state(ura_session *s, ura_task t)
 
 void ura__task_finish_now(ura_loop *loop, uint32_t index, struct ura__slot *slot, int32_t res)
 {
+	if (slot->lflags & URA__TF_QUEUED) /* ends before it ever reached the ring */
+		ura__loop_unqueue(loop, slot);
 	ura_session *s = atomic_load_explicit(&slot->session, memory_order_relaxed);
 	uint32_t gen = ura__gs_gen(load_gs(slot));
 	ura__task_end(s, slot, ura__handle_make(&loop->registry, gen, index), res, 0);
@@ -509,8 +521,8 @@ static void command_submit(ura_loop *loop, struct ura__cmd *cmd)
 	/* The task cannot have finished before the loop saw it: only the loop finishes. */
 	keep_pending(slot, cmd);
 	ura_session *s = cmd->session;
-	ura__session_task_linked(s, index, slot);
-	slot->lflags |= URA__TF_LINKED | URA__TF_REMOTE;
+	ura__session_task_linked(s, index, slot, cmd->barrier_tag);
+	slot->lflags |= URA__TF_LINKED;
 	ura__session_count_moved(s); /* now counted as live */
 	if (s->cancel_all_done) {
 		/* Accepted before the session's cancel bit was set, seen after its cancel-all
@@ -524,7 +536,8 @@ static void command_submit(ura_loop *loop, struct ura__cmd *cmd)
 	case URA__SLOT_PENDING:
 		place_or_backlog(loop, index, slot, t);
 		break;
-	default: /* SUSPENDED: waits for resume */
+	default: /* SUSPENDED: waits for resume, no longer counted as queued */
+		ura__loop_unqueue(loop, slot);
 		break;
 	}
 }

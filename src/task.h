@@ -62,7 +62,7 @@ static inline int ura__fast_commit(struct ura__fast *f, ura_task_fn fn, void *ar
 	 * else knows the handle yet, so a plain store suffices; no CAS. */
 	atomic_store_explicit(&slot->gen_state, ura__gs_make(gen, URA__SLOT_RUNNING),
 			      memory_order_release);
-	ura__session_task_linked(f->s, f->index, slot);
+	ura__session_task_linked(f->s, f->index, slot, ura__session_barrier_tag(f->s));
 	if (out)
 		*out = t;
 	return 0;

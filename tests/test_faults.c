@@ -523,3 +523,48 @@ Test(faults, cancel_without_sq_room_or_memory_is_resent)
 	ura_session_unref(s);
 	ura_loop_free(loop);
 }
+
+/* ---- a barrier's bookkeeping without memory: tasks still end, flushes still run */
+
+static void flush_count(ura_session *s, void *arg)
+{
+	(void)s;
+	atomic_fetch_add((_Atomic int *)arg, 1);
+}
+
+Test(faults, barrier_tags_without_memory)
+{
+	ura_loop *loop;
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	struct th_delegate d = { 0 };
+	ura_session *s;
+	cr_assert_eq(ura_session_new(loop, &th_delegate_fns, &d, &s), 0);
+	struct io_uring_sqe sqe;
+	memset(&sqe, 0, sizeof(sqe));
+	io_uring_prep_nop(&sqe);
+	struct th_calls held_calls = { 0 }, later[50];
+	memset(later, 0, sizeof(later));
+	ura_task held;
+	cr_assert_eq(ura_submit(s, &sqe, URA_SUBMIT_SUSPENDED, th_record, &held_calls, &held), 0);
+	_Atomic int flushed = 0;
+	cr_assert_eq(ura_session_flush(s, flush_count, &flushed), 0);
+	th_spin(loop, 10);
+	/* Tasks after the flush need a new tag count, and there is no memory for it. */
+	ura__fault_arm(URA__FAULT_ALLOC, -ENOMEM, 1, 1000000);
+	for (int i = 0; i < 50; i++)
+		cr_assert_eq(ura_nop(s, th_record, &later[i], NULL), 0);
+	(void)ura_loop_run_once(loop, false);
+	ura__fault_disarm_all();
+	cr_assert_eq(ura_session_flush(s, flush_count, &flushed), 0);
+	cr_assert_eq(ura_task_resume(s, held), 0);
+	ura_session_finish_tasks_and_invalidate(s);
+	int res;
+	cr_assert(th_run_bounded(loop, 10000, &res));
+	cr_assert_eq(atomic_load(&flushed), 2);
+	cr_assert_eq(atomic_load(&held_calls.terminal), 1);
+	for (int i = 0; i < 50; i++)
+		cr_assert_eq(atomic_load(&later[i].terminal), 1);
+	cr_assert_eq(atomic_load(&d.finals), 1);
+	ura_session_unref(s);
+	ura_loop_free(loop);
+}

@@ -79,11 +79,11 @@ Test(registry, grows_without_moving_slots)
 		cr_assert_geq(i, 0, "alloc %d failed: %ld", k, (long)i);
 		idx[k] = (uint32_t)i;
 		where[k] = ura__registry_slot(r, idx[k]);
-		where[k]->seq = (uint32_t)k;
+		where[k]->tag_lo = (uint32_t)k;
 	}
 	for (int k = 0; k < N; k++) {
 		cr_assert_eq(ura__registry_slot(r, idx[k]), where[k], "slot %d moved", k);
-		cr_assert_eq(where[k]->seq, (uint32_t)k, "slot %d was handed out twice", k);
+		cr_assert_eq(where[k]->tag_lo, (uint32_t)k, "slot %d was handed out twice", k);
 	}
 	for (int k = 0; k < N; k++)
 		ura__registry_free(r, idx[k]);

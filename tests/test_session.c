@@ -705,3 +705,96 @@ Test(session, flush_from_another_thread_ignores_later_tasks)
 		ura_loop_free(lp);
 	}
 }
+
+/* ---- many pending barriers (issue 12, item 4): each runs once, in order, after its
+ * own tasks; tasks after them are not delayed and do not delay them */
+
+struct flush_order {
+	_Atomic uint64_t ran;
+	_Atomic uint64_t out_of_order;
+};
+
+struct flush_order_arg {
+	struct flush_order *o;
+	uint64_t n;
+};
+
+static void flush_in_order(ura_session *s, void *arg)
+{
+	(void)s;
+	struct flush_order_arg *a = arg;
+	if (atomic_fetch_add(&a->o->ran, 1) != a->n)
+		atomic_fetch_add(&a->o->out_of_order, 1);
+}
+
+Test(session, twenty_thousand_flushes_behind_one_task)
+{
+	enum { FLUSHES = 20000, LATER = 10000 };
+	for (int shared = 0; shared < 2; shared++) {
+		struct th_delegate d = { 0 };
+		ura_session *s = shared ? ura_session_shared(loop) : new_session(&d);
+		struct io_uring_sqe sqe;
+		memset(&sqe, 0, sizeof(sqe));
+		io_uring_prep_nop(&sqe);
+		_Atomic int long_done = 0;
+		ura_task held;
+		cr_assert_eq(ura_submit(s, &sqe, URA_SUBMIT_SUSPENDED, count_end, &long_done, &held), 0);
+		struct flush_order o = { 0 };
+		struct flush_order_arg *args = calloc(FLUSHES, sizeof(*args));
+		for (uint64_t i = 0; i < FLUSHES; i++) {
+			args[i] = (struct flush_order_arg){ .o = &o, .n = i };
+			cr_assert_eq(ura_session_flush(s, flush_in_order, &args[i]), 0);
+		}
+		th_spin(loop, 20); /* the loop takes them: all wait for the held task */
+		static struct th_calls later[LATER];
+		memset(later, 0, sizeof(later));
+		for (int i = 0; i < LATER; i++)
+			cr_assert_eq(ura_nop(s, th_record, &later[i], NULL), 0);
+		_Atomic bool never = false;
+		th_run_until(loop, &never, 50);
+		for (int i = 0; i < LATER; i++)
+			cr_assert_eq(atomic_load(&later[i].terminal), 1, "a later task waited");
+		cr_assert_eq(atomic_load(&o.ran), 0, "a flush ran before the task it waits for");
+		cr_assert_eq(ura_task_resume(s, held), 0);
+		cr_assert_eq(th_run_until_count(loop, &o.ran, FLUSHES, 10000), FLUSHES);
+		cr_assert_eq(atomic_load(&o.out_of_order), 0);
+		cr_assert_eq(atomic_load(&long_done), 1);
+		free(args);
+		if (!shared) {
+			ura_session_invalidate_and_cancel(s);
+			cr_assert_eq(ura_loop_run(loop), 0);
+			cr_assert_eq(atomic_load(&d.finals), 1);
+			ura_session_unref(s);
+		}
+	}
+}
+
+/* A flush taken while tasks tagged for later flushes are live waits only for its own. */
+Test(session, flushes_each_wait_for_their_own_tasks)
+{
+	struct th_delegate d = { 0 };
+	ura_session *s = new_session(&d);
+	struct io_uring_sqe sqe;
+	memset(&sqe, 0, sizeof(sqe));
+	io_uring_prep_nop(&sqe);
+	enum { K = 5 };
+	ura_task t[K];
+	_Atomic int done[K] = { 0 }, flushed[K] = { 0 };
+	for (int i = 0; i < K; i++) {
+		cr_assert_eq(ura_submit(s, &sqe, URA_SUBMIT_SUSPENDED, count_end, &done[i], &t[i]), 0);
+		cr_assert_eq(ura_session_flush(s, set_flag, &flushed[i]), 0);
+	}
+	th_spin(loop, 20);
+	/* Resuming the tasks from the last: flush i runs only once tasks 0..i are done. */
+	for (int i = K - 1; i >= 0; i--) {
+		cr_assert_eq(ura_task_resume(s, t[i]), 0);
+		cr_assert(th_run_until_int(loop, &done[i], 1, 5000));
+		th_spin(loop, 10);
+		for (int j = 0; j < K; j++)
+			cr_assert_eq(atomic_load(&flushed[j]), i == 0,
+				     "flush %d after resuming %d..%d", j, i, K - 1);
+	}
+	ura_session_invalidate_and_cancel(s);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	ura_session_unref(s);
+}

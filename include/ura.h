@@ -334,7 +334,10 @@ ura_loop *ura_conn_loop(ura_conn *c);
  * is cancelled, pending replies get CONNECTION_INVALID, then the handler gets one final
  * CONNECTION_INVALID event and never runs again. Any thread. */
 void ura_conn_cancel(ura_conn *c);
-/* NULL while valid; once invalid, a malloc'd reason the caller frees. Any thread. */
+/* NULL while valid. Once invalid (from ura_conn_cancel on, or once it ended by itself) a
+ * malloc'd copy of the reason, which the caller frees. The reason itself is kept without
+ * allocating, so an invalid connection always has one: NULL then means only that this
+ * copy could not be allocated. Any thread. */
 char *ura_conn_copy_invalidation_reason(ura_conn *c);
 ura_conn *ura_conn_ref(ura_conn *c);   /* any thread */
 /* The last unref of a live connection cancels it; the runtime keeps the object until its

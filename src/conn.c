@@ -30,7 +30,6 @@
 
 static void conn_free(ura_conn *c)
 {
-	ura__free(atomic_load_explicit(&c->reason, memory_order_acquire));
 	pthread_mutex_destroy(&c->lock);
 	ura__free(c->unanswered);
 	ura__free(c);
@@ -160,9 +159,9 @@ ura_loop *ura_conn_loop(ura_conn *c)
 
 char *ura_conn_copy_invalidation_reason(ura_conn *c)
 {
-	/* Acquire: pairs with the release store that published the reason text. */
+	/* Acquire: pairs with the release CAS in publish_reason, so the text is complete. */
 	const char *r = c ? atomic_load_explicit(&c->reason, memory_order_acquire) : NULL;
-	return r ? strdup(r) : NULL;
+	return r ? strdup(r) : NULL; /* the C library's malloc: the caller frees it */
 }
 
 /* --------------------------------------------------- commands to the loop */
@@ -432,15 +431,27 @@ void ura__conn_frame(ura_conn *c, const struct ura__frame *f)
 	ura_msg_unref(m);
 }
 
+/* Makes text the reason unless one is set already. Any thread. */
+static void publish_reason(ura_conn *c, const char *text)
+{
+	const char *none = NULL;
+	/* Release: pairs with the acquire load in ura_conn_copy_invalidation_reason, which
+	 * then sees the text the pointer leads to. */
+	atomic_compare_exchange_strong_explicit(&c->reason, &none, text, memory_order_release,
+						memory_order_relaxed);
+}
+
+/* Keeps a copy of reason in the connection itself: nothing to allocate, nothing to fail.
+ * Loop thread: the only writer of reason_buf, which it writes before publishing and
+ * never again after (a reason is set once). */
 static void set_reason(ura_conn *c, const char *reason)
 {
+	/* Relaxed: only the loop thread publishes reason_buf; a constant text another thread
+	 * published wins the CAS below anyway. */
 	if (atomic_load_explicit(&c->reason, memory_order_relaxed))
 		return;
-	char *copy = ura__malloc(strlen(reason) + 1);
-	if (copy)
-		strcpy(copy, reason);
-	/* Release: the text is complete before another thread can see the pointer. */
-	atomic_store_explicit(&c->reason, copy, memory_order_release);
+	snprintf(c->reason_buf, sizeof(c->reason_buf), "%s", reason);
+	publish_reason(c, c->reason_buf);
 }
 
 void ura__conn_invalidate(ura_conn *c, const char *reason)
@@ -543,7 +554,13 @@ static void io_session_invalid(ura_session *s, int error, void *ctx)
 	/* Every way here sets cancelled first, except the loop's end (its sessions are
 	 * invalidated directly): set it now, before the final event, so later sends are
 	 * refused without touching the loop, and the pairing in send_common holds.
-	 * seq_cst: the store half of that pairing. */
+	 * seq_cst: the store half of that pairing. The reason goes first: a refused send
+	 * means an invalid connection, which has a reason. */
+	char why[64] = "cancelled"; /* set already on every way but the loop's end */
+	if (error < 0)
+		snprintf(why, sizeof(why), "loop ended: %s",
+			 error == -ESHUTDOWN ? "freed" : strerror(-error));
+	set_reason(c, why);
 	atomic_store_explicit(&c->cancelled, true, memory_order_seq_cst);
 	/* A negative error: the loop is being freed. A final event held for a resume could
 	 * never be delivered after that, so it goes now. */
@@ -721,8 +738,13 @@ int ura_conn_resume(ura_conn *c)
 
 void ura_conn_cancel(ura_conn *c)
 {
+	if (!c)
+		return;
+	/* From here sends are refused, so the connection is invalid: its reason is set
+	 * first (unless another one was), a constant that needs no memory. */
+	publish_reason(c, "cancelled");
 	/* seq_cst: the store half of send_common's Dekker pairing. */
-	if (!c || atomic_exchange_explicit(&c->cancelled, true, memory_order_seq_cst))
+	if (atomic_exchange_explicit(&c->cancelled, true, memory_order_seq_cst))
 		return;
 	run_on_loop(c, &c->cancel_cmd, embedded_cancel, c);
 }

@@ -18,6 +18,7 @@
 #define URA__CONN_BUF_GROUP 0x5552 /* the loop's shared receive buffer group */
 #define URA__CONN_BUFS 256
 #define URA__CONN_BUF_SIZE 16384
+#define URA__CONN_REASON_MAX 192  /* longest reason kept (longer ones are cut) */
 
 /* A message waiting to be written, framed. */
 struct ura__out {
@@ -71,7 +72,11 @@ struct ura_conn {
 	 * loop yet: the final event waits for them (conn.c, send_common). */
 	_Atomic uint32_t posting;
 	_Atomic uint32_t epoch;     /* interruptions so far (a reply belongs to one epoch) */
-	_Atomic(char *) reason;     /* set once, on the loop thread, before the final event */
+	/* Set once, before sends are refused: points at reason_buf (written on the loop thread
+	 * before it is published) or at a constant text. Never allocated, so an invalid
+	 * connection always has a reason. */
+	_Atomic(const char *) reason;
+	char reason_buf[URA__CONN_REASON_MAX];
 	/* Activation and cancel happen once each and must not fail for want of memory: their
 	 * commands to the loop are embedded here. */
 	struct ura__cmd activate_cmd, cancel_cmd;

@@ -317,7 +317,9 @@ int ura_conn_set_max_frame(ura_conn *c, uint32_t bytes);
 /* Starts delivery; again is a no-op. Any thread. */
 void ura_conn_activate(ura_conn *c);
 /* Counted: no handler runs and nothing is sent while suspended. Resume on an inactive
- * connection activates it; more resumes than suspends: -EINVAL. Any thread. */
+ * connection activates it; more resumes than suspends: -EINVAL. A cancelled connection
+ * that is suspended keeps ura_loop_run running until the resume that delivers its final
+ * event. Any thread. */
 int ura_conn_suspend(ura_conn *c);
 int ura_conn_resume(ura_conn *c);
 /* Queues m (a reference is taken) in order. -ESHUTDOWN once cancelled. Any thread. */

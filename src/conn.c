@@ -498,19 +498,51 @@ void ura__conn_peer_gone(ura_conn *c, int err)
 	ura__conn_close_fd_if_idle(c);
 }
 
+/* An active connection is live work (loop->active_handles) from activation, or from its
+ * I/O's end if never activated, until its final event is delivered. */
+static void count_active(ura_conn *c, bool on)
+{
+	if (c->active_counted == on)
+		return;
+	c->active_counted = on;
+	if (on)
+		c->loop->active_handles++;
+	else
+		c->loop->active_handles--;
+}
+
+/* Its final event waits for nothing but a resume (loop->finals_held): ura_main's
+ * shutdown does not wait for that, the loop's free delivers it. */
+static void held_for_resume(ura_conn *c, bool held)
+{
+	if (c->final_held == held)
+		return;
+	c->final_held = held;
+	if (held)
+		c->loop->finals_held++;
+	else
+		c->loop->finals_held--;
+}
+
 static void deliver_final(ura_conn *c)
 {
 	/* seq_cst: pairs with send_common (see there). A send from another thread that
 	 * passed its cancelled check is on its way: its reply handler hears INVALID first,
 	 * and posting_done brings the final event back here. */
 	if (atomic_load_explicit(&c->posting, memory_order_seq_cst) > 0) {
+		held_for_resume(c, false);
 		c->final_pending = true;
 		return;
 	}
 	if (!c->loop_ending && atomic_load_explicit(&c->suspend, memory_order_acquire) > 0) {
-		c->final_pending = true; /* a suspended connection says it on resume */
+		/* A suspended connection says it on resume; until then it is still live work,
+		 * so ura_loop_run keeps running for a resume from another thread. */
+		held_for_resume(c, true);
+		c->final_pending = true;
 		return;
 	}
+	held_for_resume(c, false);
+	count_active(c, false);
 	c->final_pending = false;
 	c->state = URA__CONN_DONE;
 	/* Release: the caller of a later resume sees the connection finished and leaves
@@ -567,12 +599,9 @@ static void io_session_invalid(ura_session *s, int error, void *ctx)
 	c->loop_ending = error < 0;
 	c->state = URA__CONN_CANCELLING;
 	c->tasks_on_fd = 0;
-	/* Its I/O is over: it no longer keeps the loop running, also when its final event
-	 * waits for a resume that may never come. */
-	if (c->active_counted) {
-		c->active_counted = false;
-		c->loop->active_handles--;
-	}
+	/* Its I/O is over, but its final event is still to come (maybe on a resume): that
+	 * keeps the loop running, also for a connection never activated. */
+	count_active(c, true);
 	ura__conn_close_fd_if_idle(c);
 	ura__conn_drop_unsent(c);
 	void *partial = ura__frame_decoder_reset(&c->dec);
@@ -594,8 +623,7 @@ static void op_activate(ura_conn *c)
 {
 	if (c->state != URA__CONN_INACTIVE)
 		return;
-	c->active_counted = true;
-	c->loop->active_handles++;
+	count_active(c, true);
 	if (c->by_address)
 		ura__conn_start_connect(c);
 	else

@@ -111,6 +111,7 @@ struct ura_conn {
 	struct ura__held_event *held_head, *held_tail;
 	struct ura__frame_decoder dec;
 	bool active_counted;         /* counted in loop->active_handles */
+	bool final_held;             /* counted in loop->finals_held */
 };
 
 /* Loop-thread entry points shared by conn.c and conn_io.c. */

@@ -1,5 +1,7 @@
 /* Connections: XPC lifecycle, messages with replies, errors with reasons, listeners. */
 #include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -249,6 +251,41 @@ Test(conn, suspend_holds_events_and_the_final_one_until_resume)
 	cr_assert_eq(atomic_load(&sb.messages), 0, "a held message was delivered after cancel");
 	cr_assert_eq(atomic_load(&sb.after_invalid), 0);
 	drop_and_drain(a, b);
+}
+
+static void *resume_soon(void *arg)
+{
+	usleep(50 * 1000); /* lets ura_loop_run start first; the outcome must not depend on it */
+	int r = ura_conn_resume(arg);
+	return (void *)(intptr_t)r;
+}
+
+Test(conn, a_cancelled_suspended_connection_keeps_the_loop_running_until_resumed)
+{
+	int peer;
+	struct seen sa = { 0 };
+	ura_conn *a = adopted(&sa, &peer);
+	ura_conn_activate(a);
+	th_spin(loop, 5);
+	cr_assert_eq(ura_conn_suspend(a), 0);
+	ura_conn_cancel(a);
+	th_spin(loop, 20); /* its I/O ends; the final event waits for the resume */
+	cr_assert_eq(atomic_load(&sa.invalid), 0, "final event while suspended");
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, resume_soon, a), 0);
+	int res = -1;
+	bool by_itself = th_run_bounded(loop, 20000, &res);
+	int invalid_at_return = atomic_load(&sa.invalid);
+	void *resumed;
+	pthread_join(th, &resumed);
+	cr_assert_eq((intptr_t)resumed, 0, "resume: %d", (int)(intptr_t)resumed);
+	cr_assert(by_itself, "ura_loop_run did not return after the final event");
+	cr_assert_eq(res, 0);
+	cr_assert_eq(invalid_at_return, 1, "ura_loop_run returned before the final event");
+	cr_assert_eq(atomic_load(&sa.after_invalid), 0);
+	ura_conn_unref(a);
+	close(peer);
+	cr_assert_eq(ura_loop_run(loop), 0);
 }
 
 Test(conn, peer_closing_an_adopted_connection_is_invalid_with_reason)

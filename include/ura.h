@@ -322,7 +322,10 @@ void ura_conn_activate(ura_conn *c);
  * event. Any thread. */
 int ura_conn_suspend(ura_conn *c);
 int ura_conn_resume(ura_conn *c);
-/* Queues m (a reference is taken) in order. -ESHUTDOWN once cancelled. Any thread. */
+/* Queues m (a reference is taken). Sends, send_with_reply and replies share one queue:
+ * they leave in the order their calls returned, across threads (a send on the loop thread
+ * never overtakes one another thread has returned from). -ESHUTDOWN once cancelled. Any
+ * thread. */
 int ura_conn_send(ura_conn *c, ura_msg *m);
 /* As send; reply(c, event, arg) runs exactly once on the loop thread with the answer
  * (a MESSAGE event) or an error event (INTERRUPTED, INVALID). Any thread. */

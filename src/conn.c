@@ -3,8 +3,11 @@
  *
  * Threads. The public calls work from any thread. What they must answer at once is kept
  * in atomics (suspend count, activated, cancelled); everything else runs on the loop
- * thread: a call made elsewhere posts a small command (ura_loop_post), so commands from
- * one thread reach the connection in the order they were made.
+ * thread: a call made elsewhere sends a small command through the loop's inbox, so
+ * commands from one thread reach the connection in the order they were made. Sends take
+ * a stricter road: every send, the loop thread's too, enters the connection's own send
+ * queue, so messages leave in the order the send calls returned, across threads (a
+ * loop-thread send may not overtake a send that another thread has finished).
  *
  * Lifecycle. INACTIVE until activated (a client then connects), OPEN while receiving and
  * sending, DISCONNECTED for a client whose peer left (pending replies and the handler got
@@ -75,6 +78,7 @@ void ura_conn_unref(ura_conn *c)
 /* -------------------------------------------------------------- creation */
 
 static void io_session_invalid(ura_session *s, int error, void *ctx);
+static void drain_sends(void *arg);
 
 static const struct ura_session_delegate io_delegate = {
 	.did_become_invalid = io_session_invalid,
@@ -84,7 +88,8 @@ static int conn_alloc(ura_loop *loop, ura_conn **out)
 {
 	if (!loop || !out)
 		return -EINVAL;
-	ura_conn *c = ura__zalloc(sizeof(*c));
+	/* Aligned: the send queue's head has a cache line of its own. */
+	ura_conn *c = ura__zalloc_aligned(sizeof(*c), _Alignof(ura_conn));
 	if (!c)
 		return -ENOMEM;
 	c->loop = loop;
@@ -94,6 +99,11 @@ static int conn_alloc(ura_loop *loop, ura_conn **out)
 	/* The caller's reference, and the runtime's until the final event. */
 	atomic_init(&c->refs, 2);
 	atomic_init(&c->user_refs, 1);
+	/* Written once here, never again: drain_cmd is reused while another thread may be
+	 * queueing it (only its inbox link changes). */
+	c->drain_cmd.kind = URA__CMD_CALL;
+	c->drain_cmd.fn = (void *)drain_sends;
+	c->drain_cmd.arg = c;
 	pthread_mutex_init(&c->lock, NULL);
 	int r = ura_session_new(loop, &io_delegate, c, &c->io);
 	if (r < 0) {
@@ -173,10 +183,10 @@ enum op_kind {
 };
 
 struct op {
-	struct ura__cmd cmd; /* carries it to the loop: sending it cannot fail */
+	struct ura__cmd cmd; /* to the loop, as a command or a send queue link: cannot fail */
 	ura_conn *c; /* holds a reference until the op ran */
 	enum op_kind kind;
-	bool counted; /* in c->posting */
+	bool counted; /* in c->posting: every send and refused send */
 	struct ura__out *out;
 	uint8_t flags;
 	uint64_t reply_to;
@@ -200,6 +210,54 @@ static void run_on_loop(ura_conn *c, struct ura__cmd *cmd, void (*fn)(void *), v
 	cmd->fn = (void *)fn;
 	cmd->arg = arg;
 	ura__loop_send(c->loop, cmd);
+}
+
+/*
+ * The send queue. Each send pushes its op onto c->sendq (the inbox's MPSC queue: a push
+ * that happens-before another comes out first) and the loop thread runs them in that
+ * order, in drain_sends, its only consumer, which takes the whole queue each time. A
+ * send from the loop thread queues too, so it cannot overtake a send another thread has
+ * returned from.
+ *
+ * Who drains: the push that finds the queue empty. On the loop thread it drains at once
+ * (nothing queued before it), unless a drain is running (a handler called from it sent:
+ * the ops that drain still holds come first). Elsewhere, or then, it sends drain_cmd,
+ * embedded so a send never allocates for it. So drain_cmd is in the loop's inbox only
+ * while the queue is not empty, and the next push to find the queue empty comes after a
+ * take, i.e. after the command left the inbox: it is never queued twice. Each queued op
+ * holds a reference, so c lives while the command waits.
+ */
+static void drain_sends(void *arg)
+{
+	ura_conn *c = arg;
+	ura__conn_retain(c); /* the last op may drop the last other reference */
+	c->draining = true;
+	/* The take is a release (inbox.c), the push that finds the queue empty after it an
+	 * acquire: the loop is done with drain_cmd (the inbox read and rewrote its link)
+	 * before that pusher queues it again. */
+	struct ura__inbox_node *n = ura__inbox_take(&c->sendq);
+	while (n) {
+		struct op *op = (struct op *)n; /* cmd.node is first in both */
+		n = n->next;
+		run_op(op);
+	}
+	c->draining = false;
+	release(c);
+}
+
+static void enqueue_send(struct op *op)
+{
+	ura_conn *c = op->c;
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* until the op ran */
+	if (!ura__inbox_push(&c->sendq, &op->cmd.node))
+		return; /* whoever found the queue empty has a drain coming */
+	if (ura__on_loop(c->loop) && !c->draining) {
+		drain_sends(c);
+		return;
+	}
+	/* Our push read the NULL a take wrote (acquire, pairing with that take's release in
+	 * inbox.c): the loop is done with drain_cmd, so queueing it again is safe. */
+	ura__loop_send(c->loop, &c->drain_cmd);
 }
 
 /* Runs op on the loop thread (see run_on_loop). Takes op. */
@@ -673,8 +731,8 @@ static void op_send(ura_conn *c, struct op *op)
 	ura__conn_kick_writer(c);
 }
 
-/* A send from another thread has reached the loop; the last one lets a final event
- * that waited for them go. */
+/* A send has left the send queue; the last one lets a final event that waited for them
+ * go. */
 static void posting_done(ura_conn *c)
 {
 	/* seq_cst: the count's changes are part of send_common's pairing. */
@@ -794,26 +852,23 @@ static int send_common(ura_conn *c, ura_msg *m, uint8_t flags, uint64_t reply_to
 		return -ENOMEM;
 	}
 	op->c = c;
-	if (!ura__on_loop(c->loop)) {
-		/*
-		 * A send from another thread can pass the check above just before a cancel
-		 * and reach the loop after it. Its reply handler must still be called before
-		 * the final event, so the final event waits for it: the send counts itself
-		 * in posting, then re-checks cancelled; the loop sets cancelled, then (in
-		 * deliver_final) reads posting. All four are seq_cst, so at least one side
-		 * sees the other: the send is refused, or the final event waits for it.
-		 * A refused send still goes to the loop, to uncount itself there.
-		 */
-		op->counted = true;
-		atomic_fetch_add_explicit(&c->posting, 1, memory_order_seq_cst);
-		if (ura__fault(URA__FAULT_SEND_STALL))
-			usleep(2000); /* a test widens the race with a cancel */
-		if (atomic_load_explicit(&c->cancelled, memory_order_seq_cst)) {
-			ura__free(o);
-			op->kind = OP_REFUSED;
-			dispatch(op);
-			return -ESHUTDOWN;
-		}
+	/*
+	 * A send can pass the check above just before a cancel and leave the send queue after
+	 * it. Its reply handler must still be called before the final event, so the final
+	 * event waits for it: the send counts itself in posting, then re-checks cancelled;
+	 * the loop sets cancelled, then (in deliver_final) reads posting. All four are
+	 * seq_cst, so at least one side sees the other: the send is refused, or the final
+	 * event waits for it. A refused send still goes to the loop, to uncount itself there.
+	 */
+	op->counted = true;
+	atomic_fetch_add_explicit(&c->posting, 1, memory_order_seq_cst);
+	if (!ura__on_loop(c->loop) && ura__fault(URA__FAULT_SEND_STALL))
+		usleep(2000); /* a test widens the race with a cancel */
+	if (atomic_load_explicit(&c->cancelled, memory_order_seq_cst)) {
+		ura__free(o);
+		op->kind = OP_REFUSED;
+		enqueue_send(op);
+		return -ESHUTDOWN;
 	}
 	o->msg = ura_msg_ref(m);
 	o->txn_loop = (flags & URA__FRAME_IS_REPLY) ? c->loop : NULL;
@@ -824,7 +879,7 @@ static int send_common(ura_conn *c, ura_msg *m, uint8_t flags, uint64_t reply_to
 	op->epoch = epoch;
 	op->reply = reply;
 	op->arg = arg;
-	dispatch(op);
+	enqueue_send(op); /* from here the send is ordered: before any later one */
 	return 0;
 }
 

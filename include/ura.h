@@ -336,10 +336,15 @@ int ura_conn_set_max_frame(ura_conn *c, uint32_t bytes);
 /* Starts delivery; again is a no-op. Any thread. */
 void ura_conn_activate(ura_conn *c);
 /* Counted: no handler runs and nothing is sent while suspended. Resume on an inactive
- * connection activates it; more resumes than suspends: -EINVAL. Any thread. */
+ * connection activates it; more resumes than suspends: -EINVAL. A cancelled connection
+ * that is suspended keeps ura_loop_run running until the resume that delivers its final
+ * event. Any thread. */
 int ura_conn_suspend(ura_conn *c);
 int ura_conn_resume(ura_conn *c);
-/* Queues m (a reference is taken) in order. -ESHUTDOWN once cancelled. Any thread. */
+/* Queues m (a reference is taken). Sends, send_with_reply and replies share one queue:
+ * they leave in the order their calls returned, across threads (a send on the loop thread
+ * never overtakes one another thread has returned from). -ESHUTDOWN once cancelled. Any
+ * thread. */
 int ura_conn_send(ura_conn *c, ura_msg *m);
 /* As send; reply(c, event, arg) runs exactly once on the loop thread with the answer
  * (a MESSAGE event) or an error event (INTERRUPTED, INVALID). Any thread. */
@@ -353,7 +358,10 @@ ura_loop *ura_conn_loop(ura_conn *c);
  * is cancelled, pending replies get CONNECTION_INVALID, then the handler gets one final
  * CONNECTION_INVALID event and never runs again. Any thread. */
 void ura_conn_cancel(ura_conn *c);
-/* NULL while valid; once invalid, a malloc'd reason the caller frees. Any thread. */
+/* NULL while valid. Once invalid (from ura_conn_cancel on, or once it ended by itself) a
+ * malloc'd copy of the reason, which the caller frees. The reason itself is kept without
+ * allocating, so an invalid connection always has one: NULL then means only that this
+ * copy could not be allocated. Any thread. */
 char *ura_conn_copy_invalidation_reason(ura_conn *c);
 ura_conn *ura_conn_ref(ura_conn *c);   /* any thread */
 /* The last unref of a live connection cancels it; the runtime keeps the object until its

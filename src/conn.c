@@ -3,8 +3,11 @@
  *
  * Threads. The public calls work from any thread. What they must answer at once is kept
  * in atomics (suspend count, activated, cancelled); everything else runs on the loop
- * thread: a call made elsewhere posts a small command (ura_loop_post), so commands from
- * one thread reach the connection in the order they were made.
+ * thread: a call made elsewhere sends a small command through the loop's inbox, so
+ * commands from one thread reach the connection in the order they were made. Sends take
+ * a stricter road: every send, the loop thread's too, enters the connection's own send
+ * queue, so messages leave in the order the send calls returned, across threads (a
+ * loop-thread send may not overtake a send that another thread has finished).
  *
  * Lifecycle. INACTIVE until activated (a client then connects), OPEN while receiving and
  * sending, DISCONNECTED for a client whose peer left (pending replies and the handler got
@@ -30,10 +33,11 @@
 
 static void conn_free(ura_conn *c)
 {
-	ura__free(atomic_load_explicit(&c->reason, memory_order_acquire));
+	ura_loop *loop = c->loop;
 	pthread_mutex_destroy(&c->lock);
 	ura__free(c->unanswered);
 	ura__free(c);
+	ura__loop_unref(loop);
 }
 
 ura_conn *ura_conn_ref(ura_conn *c)
@@ -76,6 +80,7 @@ void ura_conn_unref(ura_conn *c)
 /* -------------------------------------------------------------- creation */
 
 static void io_session_invalid(ura_session *s, int error, void *ctx);
+static void drain_sends(void *arg);
 
 static const struct ura_session_delegate io_delegate = {
 	.did_become_invalid = io_session_invalid,
@@ -85,16 +90,23 @@ static int conn_alloc(ura_loop *loop, ura_conn **out)
 {
 	if (!loop || !out)
 		return -EINVAL;
-	ura_conn *c = ura__zalloc(sizeof(*c));
+	/* Aligned: the send queue's head has a cache line of its own. */
+	ura_conn *c = ura__zalloc_aligned(sizeof(*c), _Alignof(ura_conn));
 	if (!c)
 		return -ENOMEM;
 	c->loop = loop;
+	ura__loop_ref(loop); /* calls through c may read the loop's gate after its free */
 	c->fd = -1;
 	c->max_frame = URA__FRAME_MAX_PAYLOAD_DEFAULT;
 	c->next_id = 1;
 	/* The caller's reference, and the runtime's until the final event. */
 	atomic_init(&c->refs, 2);
 	atomic_init(&c->user_refs, 1);
+	/* Written once here, never again: drain_cmd is reused while another thread may be
+	 * queueing it (only its inbox link changes). */
+	c->drain_cmd.kind = URA__CMD_CALL;
+	c->drain_cmd.fn = (void *)drain_sends;
+	c->drain_cmd.arg = c;
 	pthread_mutex_init(&c->lock, NULL);
 	int r = ura_session_new(loop, &io_delegate, c, &c->io);
 	if (r < 0) {
@@ -160,9 +172,9 @@ ura_loop *ura_conn_loop(ura_conn *c)
 
 char *ura_conn_copy_invalidation_reason(ura_conn *c)
 {
-	/* Acquire: pairs with the release store that published the reason text. */
+	/* Acquire: pairs with the release CAS in publish_reason, so the text is complete. */
 	const char *r = c ? atomic_load_explicit(&c->reason, memory_order_acquire) : NULL;
-	return r ? strdup(r) : NULL;
+	return r ? strdup(r) : NULL; /* the C library's malloc: the caller frees it */
 }
 
 /* --------------------------------------------------- commands to the loop */
@@ -174,10 +186,10 @@ enum op_kind {
 };
 
 struct op {
-	struct ura__cmd cmd; /* carries it to the loop: sending it cannot fail */
+	struct ura__cmd cmd; /* to the loop, as a command or a send queue link: cannot fail */
 	ura_conn *c; /* holds a reference until the op ran */
 	enum op_kind kind;
-	bool counted; /* in c->posting */
+	bool counted; /* in c->posting: every send and refused send */
 	struct ura__out *out;
 	uint8_t flags;
 	uint64_t reply_to;
@@ -189,26 +201,76 @@ struct op {
 static void run_op(void *arg);
 
 /* Runs fn(arg) now on the loop thread, or sends it there in cmd, a command embedded in
- * its owner (no allocation, so this cannot fail). c is held until fn ran. */
-static void run_on_loop(ura_conn *c, struct ura__cmd *cmd, void (*fn)(void *), void *arg)
+ * its owner (no allocation). c is held until fn ran. false: the loop was freed (every
+ * connection of it has ended), fn will never run and nothing was done. */
+static bool run_on_loop(ura_conn *c, struct ura__cmd *cmd, void (*fn)(void *), void *arg)
 {
-	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* until fn ran */
 	if (ura__on_loop(c->loop)) {
+		atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* until fn ran */
 		fn(arg);
-		return;
+		return true;
 	}
+	if (!ura__loop_enter(c->loop))
+		return false;
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* until fn ran */
 	cmd->kind = URA__CMD_CALL;
 	cmd->fn = (void *)fn;
 	cmd->arg = arg;
 	ura__loop_send(c->loop, cmd);
+	ura__loop_leave(c->loop);
+	return true;
 }
 
-/* Runs op on the loop thread (see run_on_loop). Takes op. */
-static void dispatch(struct op *op)
+/*
+ * The send queue. Each send pushes its op onto c->sendq (the inbox's MPSC queue: a push
+ * that happens-before another comes out first) and the loop thread runs them in that
+ * order, in drain_sends, its only consumer, which takes the whole queue each time. A
+ * send from the loop thread queues too, so it cannot overtake a send another thread has
+ * returned from.
+ *
+ * Who drains: the push that finds the queue empty. On the loop thread it drains at once
+ * (nothing queued before it), unless a drain is running (a handler called from it sent:
+ * the ops that drain still holds come first). Elsewhere, or then, it sends drain_cmd,
+ * embedded so a send never allocates for it. So drain_cmd is in the loop's inbox only
+ * while the queue is not empty, and the next push to find the queue empty comes after a
+ * take, i.e. after the command left the inbox: it is never queued twice. Each queued op
+ * holds a reference, so c lives while the command waits.
+ */
+static void drain_sends(void *arg)
 {
-	run_on_loop(op->c, &op->cmd, run_op, op);
+	ura_conn *c = arg;
+	ura__conn_retain(c); /* the last op may drop the last other reference */
+	c->draining = true;
+	/* The take is a release (inbox.c), the push that finds the queue empty after it an
+	 * acquire: the loop is done with drain_cmd (the inbox read and rewrote its link)
+	 * before that pusher queues it again. */
+	struct ura__inbox_node *n = ura__inbox_take(&c->sendq);
+	while (n) {
+		struct op *op = (struct op *)n; /* cmd.node is first in both */
+		n = n->next;
+		run_op(op);
+	}
+	c->draining = false;
+	release(c);
 }
 
+static void enqueue_send(struct op *op)
+{
+	ura_conn *c = op->c;
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* until the op ran */
+	if (!ura__inbox_push(&c->sendq, &op->cmd.node))
+		return; /* whoever found the queue empty has a drain coming */
+	if (ura__on_loop(c->loop) && !c->draining) {
+		drain_sends(c);
+		return;
+	}
+	/* Our push read the NULL a take wrote (acquire, pairing with that take's release in
+	 * inbox.c): the loop is done with drain_cmd, so queueing it again is safe. */
+	ura__loop_send(c->loop, &c->drain_cmd);
+}
+
+/* Runs an op without a message on the loop thread (see run_on_loop): 0, -ENOMEM, or
+ * -ESHUTDOWN once the loop was freed. */
 static int simple_op(ura_conn *c, enum op_kind kind)
 {
 	struct op *op = ura__zalloc(sizeof(*op));
@@ -216,8 +278,10 @@ static int simple_op(ura_conn *c, enum op_kind kind)
 		return -ENOMEM;
 	op->c = c;
 	op->kind = kind;
-	dispatch(op);
-	return 0;
+	if (run_on_loop(c, &op->cmd, run_op, op))
+		return 0;
+	ura__free(op);
+	return -ESHUTDOWN;
 }
 
 /* ------------------------------------------------------------ delivery */
@@ -432,15 +496,27 @@ void ura__conn_frame(ura_conn *c, const struct ura__frame *f)
 	ura_msg_unref(m);
 }
 
+/* Makes text the reason unless one is set already. Any thread. */
+static void publish_reason(ura_conn *c, const char *text)
+{
+	const char *none = NULL;
+	/* Release: pairs with the acquire load in ura_conn_copy_invalidation_reason, which
+	 * then sees the text the pointer leads to. */
+	atomic_compare_exchange_strong_explicit(&c->reason, &none, text, memory_order_release,
+						memory_order_relaxed);
+}
+
+/* Keeps a copy of reason in the connection itself: nothing to allocate, nothing to fail.
+ * Loop thread: the only writer of reason_buf, which it writes before publishing and
+ * never again after (a reason is set once). */
 static void set_reason(ura_conn *c, const char *reason)
 {
+	/* Relaxed: only the loop thread publishes reason_buf; a constant text another thread
+	 * published wins the CAS below anyway. */
 	if (atomic_load_explicit(&c->reason, memory_order_relaxed))
 		return;
-	char *copy = ura__malloc(strlen(reason) + 1);
-	if (copy)
-		strcpy(copy, reason);
-	/* Release: the text is complete before another thread can see the pointer. */
-	atomic_store_explicit(&c->reason, copy, memory_order_release);
+	snprintf(c->reason_buf, sizeof(c->reason_buf), "%s", reason);
+	publish_reason(c, c->reason_buf);
 }
 
 void ura__conn_invalidate(ura_conn *c, const char *reason)
@@ -487,19 +563,51 @@ void ura__conn_peer_gone(ura_conn *c, int err)
 	ura__conn_close_fd_if_idle(c);
 }
 
+/* An active connection is live work (loop->active_handles) from activation, or from its
+ * I/O's end if never activated, until its final event is delivered. */
+static void count_active(ura_conn *c, bool on)
+{
+	if (c->active_counted == on)
+		return;
+	c->active_counted = on;
+	if (on)
+		c->loop->active_handles++;
+	else
+		c->loop->active_handles--;
+}
+
+/* Its final event waits for nothing but a resume (loop->finals_held): ura_main's
+ * shutdown does not wait for that, the loop's free delivers it. */
+static void held_for_resume(ura_conn *c, bool held)
+{
+	if (c->final_held == held)
+		return;
+	c->final_held = held;
+	if (held)
+		c->loop->finals_held++;
+	else
+		c->loop->finals_held--;
+}
+
 static void deliver_final(ura_conn *c)
 {
 	/* seq_cst: pairs with send_common (see there). A send from another thread that
 	 * passed its cancelled check is on its way: its reply handler hears INVALID first,
 	 * and posting_done brings the final event back here. */
 	if (atomic_load_explicit(&c->posting, memory_order_seq_cst) > 0) {
+		held_for_resume(c, false);
 		c->final_pending = true;
 		return;
 	}
 	if (!c->loop_ending && atomic_load_explicit(&c->suspend, memory_order_acquire) > 0) {
-		c->final_pending = true; /* a suspended connection says it on resume */
+		/* A suspended connection says it on resume; until then it is still live work,
+		 * so ura_loop_run keeps running for a resume from another thread. */
+		held_for_resume(c, true);
+		c->final_pending = true;
 		return;
 	}
+	held_for_resume(c, false);
+	count_active(c, false);
 	c->final_pending = false;
 	c->state = URA__CONN_DONE;
 	/* Release: the caller of a later resume sees the connection finished and leaves
@@ -543,19 +651,22 @@ static void io_session_invalid(ura_session *s, int error, void *ctx)
 	/* Every way here sets cancelled first, except the loop's end (its sessions are
 	 * invalidated directly): set it now, before the final event, so later sends are
 	 * refused without touching the loop, and the pairing in send_common holds.
-	 * seq_cst: the store half of that pairing. */
+	 * seq_cst: the store half of that pairing. The reason goes first: a refused send
+	 * means an invalid connection, which has a reason. */
+	char why[64] = "cancelled"; /* set already on every way but the loop's end */
+	if (error < 0)
+		snprintf(why, sizeof(why), "loop ended: %s",
+			 error == -ESHUTDOWN ? "freed" : strerror(-error));
+	set_reason(c, why);
 	atomic_store_explicit(&c->cancelled, true, memory_order_seq_cst);
 	/* A negative error: the loop is being freed. A final event held for a resume could
 	 * never be delivered after that, so it goes now. */
 	c->loop_ending = error < 0;
 	c->state = URA__CONN_CANCELLING;
 	c->tasks_on_fd = 0;
-	/* Its I/O is over: it no longer keeps the loop running, also when its final event
-	 * waits for a resume that may never come. */
-	if (c->active_counted) {
-		c->active_counted = false;
-		c->loop->active_handles--;
-	}
+	/* Its I/O is over, but its final event is still to come (maybe on a resume): that
+	 * keeps the loop running, also for a connection never activated. */
+	count_active(c, true);
 	ura__conn_close_fd_if_idle(c);
 	ura__conn_drop_unsent(c);
 	void *partial = ura__frame_decoder_reset(&c->dec);
@@ -577,8 +688,7 @@ static void op_activate(ura_conn *c)
 {
 	if (c->state != URA__CONN_INACTIVE)
 		return;
-	c->active_counted = true;
-	c->loop->active_handles++;
+	count_active(c, true);
 	if (c->by_address)
 		ura__conn_start_connect(c);
 	else
@@ -628,8 +738,8 @@ static void op_send(ura_conn *c, struct op *op)
 	ura__conn_kick_writer(c);
 }
 
-/* A send from another thread has reached the loop; the last one lets a final event
- * that waited for them go. */
+/* A send has left the send queue; the last one lets a final event that waited for them
+ * go. */
 static void posting_done(ura_conn *c)
 {
 	/* seq_cst: the count's changes are part of send_common's pairing. */
@@ -712,6 +822,8 @@ int ura_conn_resume(ura_conn *c)
 		if (atomic_load_explicit(&c->finished, memory_order_acquire))
 			return 0; /* nothing is held any more, and the loop may be gone */
 		int r = simple_op(c, OP_SUSPENSION);
+		if (r == -ESHUTDOWN)
+			return 0; /* the loop was freed: its end delivered what was held */
 		if (r < 0) /* nothing will deliver what was held: stay suspended, say so */
 			atomic_fetch_add_explicit(&c->suspend, 1, memory_order_acq_rel);
 		return r;
@@ -721,11 +833,19 @@ int ura_conn_resume(ura_conn *c)
 
 void ura_conn_cancel(ura_conn *c)
 {
+	if (!c)
+		return;
+	/* From here sends are refused, so the connection is invalid: its reason is set
+	 * first (unless another one was), a constant that needs no memory. */
+	publish_reason(c, "cancelled");
 	/* seq_cst: the store half of send_common's Dekker pairing. */
-	if (!c || atomic_exchange_explicit(&c->cancelled, true, memory_order_seq_cst))
+	if (atomic_exchange_explicit(&c->cancelled, true, memory_order_seq_cst))
 		return;
 	run_on_loop(c, &c->cancel_cmd, embedded_cancel, c);
 }
+
+static int send_queued(ura_conn *c, ura_msg *m, uint8_t flags, uint64_t reply_to,
+		       uint32_t epoch, ura_event_fn reply, void *arg);
 
 static int send_common(ura_conn *c, ura_msg *m, uint8_t flags, uint64_t reply_to,
 		       uint32_t epoch, ura_event_fn reply, void *arg)
@@ -736,6 +856,21 @@ static int send_common(ura_conn *c, ura_msg *m, uint8_t flags, uint64_t reply_to
 		return -EMSGSIZE;
 	if (atomic_load_explicit(&c->cancelled, memory_order_acquire))
 		return -ESHUTDOWN;
+	if (ura__on_loop(c->loop))
+		return send_queued(c, m, flags, reply_to, epoch, reply, arg);
+	/* Another thread enters the loop: a send racing ura_loop_free touches nothing of
+	 * it once it is freed (the connection has ended by then: -ESHUTDOWN). */
+	if (!ura__loop_enter(c->loop))
+		return -ESHUTDOWN;
+	int r = send_queued(c, m, flags, reply_to, epoch, reply, arg);
+	ura__loop_leave(c->loop);
+	return r;
+}
+
+/* send_common's work, on the loop thread or inside the loop's gate. */
+static int send_queued(ura_conn *c, ura_msg *m, uint8_t flags, uint64_t reply_to,
+		       uint32_t epoch, ura_event_fn reply, void *arg)
+{
 	struct op *op = ura__zalloc(sizeof(*op));
 	struct ura__out *o = ura__malloc(sizeof(*o));
 	if (!op || !o) {
@@ -744,26 +879,23 @@ static int send_common(ura_conn *c, ura_msg *m, uint8_t flags, uint64_t reply_to
 		return -ENOMEM;
 	}
 	op->c = c;
-	if (!ura__on_loop(c->loop)) {
-		/*
-		 * A send from another thread can pass the check above just before a cancel
-		 * and reach the loop after it. Its reply handler must still be called before
-		 * the final event, so the final event waits for it: the send counts itself
-		 * in posting, then re-checks cancelled; the loop sets cancelled, then (in
-		 * deliver_final) reads posting. All four are seq_cst, so at least one side
-		 * sees the other: the send is refused, or the final event waits for it.
-		 * A refused send still goes to the loop, to uncount itself there.
-		 */
-		op->counted = true;
-		atomic_fetch_add_explicit(&c->posting, 1, memory_order_seq_cst);
-		if (ura__fault(URA__FAULT_SEND_STALL))
-			usleep(2000); /* a test widens the race with a cancel */
-		if (atomic_load_explicit(&c->cancelled, memory_order_seq_cst)) {
-			ura__free(o);
-			op->kind = OP_REFUSED;
-			dispatch(op);
-			return -ESHUTDOWN;
-		}
+	/*
+	 * A send can pass the check above just before a cancel and leave the send queue after
+	 * it. Its reply handler must still be called before the final event, so the final
+	 * event waits for it: the send counts itself in posting, then re-checks cancelled;
+	 * the loop sets cancelled, then (in deliver_final) reads posting. All four are
+	 * seq_cst, so at least one side sees the other: the send is refused, or the final
+	 * event waits for it. A refused send still goes to the loop, to uncount itself there.
+	 */
+	op->counted = true;
+	atomic_fetch_add_explicit(&c->posting, 1, memory_order_seq_cst);
+	if (!ura__on_loop(c->loop) && ura__fault(URA__FAULT_SEND_STALL))
+		usleep(2000); /* a test widens the race with a cancel */
+	if (atomic_load_explicit(&c->cancelled, memory_order_seq_cst)) {
+		ura__free(o);
+		op->kind = OP_REFUSED;
+		enqueue_send(op);
+		return -ESHUTDOWN;
 	}
 	o->msg = ura_msg_ref(m);
 	o->txn_loop = (flags & URA__FRAME_IS_REPLY) ? c->loop : NULL;
@@ -774,7 +906,7 @@ static int send_common(ura_conn *c, ura_msg *m, uint8_t flags, uint64_t reply_to
 	op->epoch = epoch;
 	op->reply = reply;
 	op->arg = arg;
-	dispatch(op);
+	enqueue_send(op); /* from here the send is ordered: before any later one */
 	return 0;
 }
 

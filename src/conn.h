@@ -18,6 +18,7 @@
 #define URA__CONN_BUF_GROUP 0x5552 /* the loop's shared receive buffer group */
 #define URA__CONN_BUFS 256
 #define URA__CONN_BUF_SIZE 16384
+#define URA__CONN_REASON_MAX 192  /* longest reason kept (longer ones are cut) */
 
 /* A message waiting to be written, framed. */
 struct ura__out {
@@ -67,14 +68,23 @@ struct ura_conn {
 	_Atomic bool activated;
 	_Atomic bool cancelled;
 	_Atomic bool finished;      /* final event delivered: nothing may touch the loop now */
-	/* Sends from other threads that passed the cancelled check and have not reached the
-	 * loop yet: the final event waits for them (conn.c, send_common). */
+	/* Sends that passed the cancelled check and have not been taken off sendq yet: the
+	 * final event waits for them (conn.c, send_common). */
 	_Atomic uint32_t posting;
 	_Atomic uint32_t epoch;     /* interruptions so far (a reply belongs to one epoch) */
-	_Atomic(char *) reason;     /* set once, on the loop thread, before the final event */
+	/* Set once, before sends are refused: points at reason_buf (written on the loop thread
+	 * before it is published) or at a constant text. Never allocated, so an invalid
+	 * connection always has a reason. */
+	_Atomic(const char *) reason;
+	char reason_buf[URA__CONN_REASON_MAX];
 	/* Activation and cancel happen once each and must not fail for want of memory: their
 	 * commands to the loop are embedded here. */
 	struct ura__cmd activate_cmd, cancel_cmd;
+	/* Every send, from any thread, in the order the calls returned: an MPSC queue of
+	 * ops (conn.c, "the send queue"). drain_cmd is in the loop's inbox exactly while
+	 * sendq is not empty. sendq is on its own cache line: every sending thread writes it. */
+	struct ura__inbox sendq;
+	struct ura__cmd drain_cmd;
 	ura_event_fn handler;       /* set before activation; read on the loop thread */
 	void *ctx;
 	uint32_t max_frame;
@@ -106,6 +116,8 @@ struct ura_conn {
 	struct ura__held_event *held_head, *held_tail;
 	struct ura__frame_decoder dec;
 	bool active_counted;         /* counted in loop->active_handles */
+	bool final_held;             /* counted in loop->finals_held */
+	bool draining;               /* drain_sends is running (conn.c) */
 };
 
 /* Loop-thread entry points shared by conn.c and conn_io.c. */

@@ -118,6 +118,8 @@ static void on_recv(ura_session *s, ura_task t, int32_t res, uint32_t flags, voi
 	task_done_on_fd(c);
 	if (c->state != URA__CONN_OPEN)
 		return; /* cancelled or already failed: the state machine knows */
+	if (!ura_session_is_valid(c->io))
+		return; /* the loop's end cancelled it, not the peer: io_session_invalid follows */
 	if (res == -ENOBUFS) {
 		arm_recv(c); /* the ring ran dry; buffers are back now */
 		return;
@@ -302,7 +304,8 @@ static void on_write(ura_session *s, ura_task t, int32_t res, uint32_t flags, vo
 		return;
 	}
 	if (res < 0) {
-		if (c->state == URA__CONN_OPEN)
+		/* A write the loop's end cancelled says nothing of the peer. */
+		if (c->state == URA__CONN_OPEN && ura_session_is_valid(c->io))
 			ura__conn_peer_gone(c, -res);
 		return;
 	}

@@ -15,8 +15,12 @@
  * take that the first push's wakeup causes. The consumer always takes before it sleeps,
  * and a push after that take finds the inbox empty and wakes it.
  *
- * Fences: the release CAS in push pairs with the acquire exchange in take, so a node's
- * contents written before its push are visible to the consumer.
+ * Fences: the CAS in push and the exchange in take are both acq_rel. Release in push
+ * with acquire in take: a node's contents written before its push are visible to the
+ * consumer. Release in take with acquire in push: a push that finds the inbox empty
+ * (it read the NULL a take wrote) comes after everything the consumer did before that
+ * take, so a producer may reuse a node the consumer has finished with (conn.c's embedded
+ * drain command) without a race on its link.
  */
 #include "inbox.h"
 
@@ -26,14 +30,14 @@ bool ura__inbox_push(struct ura__inbox *ib, struct ura__inbox_node *n)
 	do {
 		n->next = old;
 	} while (!atomic_compare_exchange_weak_explicit(&ib->head, &old, n,
-							memory_order_release,
+							memory_order_acq_rel,
 							memory_order_relaxed));
 	return old == NULL;
 }
 
 struct ura__inbox_node *ura__inbox_take(struct ura__inbox *ib)
 {
-	struct ura__inbox_node *n = atomic_exchange_explicit(&ib->head, NULL, memory_order_acquire);
+	struct ura__inbox_node *n = atomic_exchange_explicit(&ib->head, NULL, memory_order_acq_rel);
 	struct ura__inbox_node *prev = NULL;
 	while (n) {
 		struct ura__inbox_node *next = n->next;

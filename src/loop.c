@@ -662,6 +662,11 @@ void ura_loop_free(ura_loop *loop)
 	}
 	/* From here no other thread can be inside a call: what remains is the loop's. */
 	close_gate(loop);
+	/* Commands other threads sent before the close (a refused send uncounting itself,
+	 * a late cancel) run now, while the ring still exists. Bounded: nothing new can
+	 * come from other threads, and every session has ended. */
+	for (unsigned i = 0; i < 1000 && ura__loop_has_commands(loop); i++)
+		(void)iterate(loop, false, NULL);
 	disarm_wake(loop, deadline);
 	ura__conn_loop_cleanup(loop);
 	/* Closing the ring makes the kernel cancel and wait for anything left, so what

@@ -119,6 +119,7 @@ struct ura_loop {
 	uint64_t retry_timers;    /* sessions' cancel-retry timers in the ring */
 	bool cancels_lost;        /* a cancel found neither SQ room nor memory: resend */
 	uint64_t active_handles;  /* connections and listeners keep the loop running */
+	uint64_t finals_held;     /* of those, connections whose final event awaits a resume */
 	uint64_t invalidating;    /* sessions waiting for their final event */
 	unsigned running;         /* nesting guard: run_once is not reentrant */
 	_Atomic bool freeing;     /* ura_loop_free has started: no new sessions */

@@ -174,9 +174,10 @@ int ura_main_with(const char *address, const struct ura_main_config *cfg, ura_ac
 	if (cfg && cfg->ready)
 		cfg->ready(sv.loop, sv.listener, ctx);
 	/* The listener and the peers keep the loop running; after shutdown they are gone
-	 * and only the signal read is left, which the loop's free cancels. */
+	 * and only the signal read is left, which the loop's free cancels. A suspended peer's
+	 * final event waits for a resume that need not come: the loop's free delivers it. */
 	while ((r = ura_loop_run_once(sv.loop, true)) >= 0) {
-		if (sv.shutting_down && sv.loop->active_handles == 0)
+		if (sv.shutting_down && sv.loop->active_handles == sv.loop->finals_held)
 			break;
 	}
 	r = r < 0 ? r : 0;

@@ -1,5 +1,8 @@
 /* Connections: XPC lifecycle, messages with replies, errors with reasons, listeners. */
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -248,6 +251,136 @@ Test(conn, suspend_holds_events_and_the_final_one_until_resume)
 	/* After cancel the handler hears only the final event: the held message is dropped. */
 	cr_assert_eq(atomic_load(&sb.messages), 0, "a held message was delivered after cancel");
 	cr_assert_eq(atomic_load(&sb.after_invalid), 0);
+	drop_and_drain(a, b);
+}
+
+static void *resume_soon(void *arg)
+{
+	usleep(50 * 1000); /* lets ura_loop_run start first; the outcome must not depend on it */
+	int r = ura_conn_resume(arg);
+	return (void *)(intptr_t)r;
+}
+
+Test(conn, a_cancelled_suspended_connection_keeps_the_loop_running_until_resumed)
+{
+	int peer;
+	struct seen sa = { 0 };
+	ura_conn *a = adopted(&sa, &peer);
+	ura_conn_activate(a);
+	th_spin(loop, 5);
+	cr_assert_eq(ura_conn_suspend(a), 0);
+	ura_conn_cancel(a);
+	th_spin(loop, 20); /* its I/O ends; the final event waits for the resume */
+	cr_assert_eq(atomic_load(&sa.invalid), 0, "final event while suspended");
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, resume_soon, a), 0);
+	int res = -1;
+	bool by_itself = th_run_bounded(loop, 20000, &res);
+	int invalid_at_return = atomic_load(&sa.invalid);
+	void *resumed;
+	pthread_join(th, &resumed);
+	cr_assert_eq((intptr_t)resumed, 0, "resume: %d", (int)(intptr_t)resumed);
+	cr_assert(by_itself, "ura_loop_run did not return after the final event");
+	cr_assert_eq(res, 0);
+	cr_assert_eq(invalid_at_return, 1, "ura_loop_run returned before the final event");
+	cr_assert_eq(atomic_load(&sa.after_invalid), 0);
+	ura_conn_unref(a);
+	close(peer);
+	cr_assert_eq(ura_loop_run(loop), 0);
+}
+
+/* ---- send order across threads */
+
+enum { AB_ROUNDS = 300 };
+
+struct ab {
+	ura_conn *a;
+	_Atomic int go, sent; /* rounds the loop thread opened / the other thread's sends done */
+	_Atomic int got;       /* messages b received */
+	int order[2 * AB_ROUNDS]; /* round * 2 + (0 for A, 1 for B), in arrival order */
+	_Atomic int replies;
+};
+
+static void ab_reply(ura_conn *c, const struct ura_event *ev, void *arg)
+{
+	(void)c, (void)ev;
+	atomic_fetch_add(&((struct ab *)arg)->replies, 1);
+}
+
+/* b's handler: records which message came, answers requests. */
+static void ab_record(ura_conn *c, const struct ura_event *ev, void *ctx)
+{
+	struct ab *ab = ctx;
+	if (ev->type != URA_EVENT_MESSAGE)
+		return;
+	char text[32];
+	th_msg_text(ev->msg, text, sizeof(text));
+	int n = atomic_load(&ab->got);
+	if (n < 2 * AB_ROUNDS) {
+		int round = atoi(text + 1);
+		ab->order[n] = round * 2 + (text[0] == 'B');
+	}
+	atomic_store(&ab->got, n + 1);
+	if (ura_msg_expects_reply(ev->msg))
+		(void)ura_conn_reply(c, ev->msg, ev->msg);
+}
+
+/* The other thread: in each round, one send (every other round one with a reply). */
+static void *ab_sender(void *arg)
+{
+	struct ab *ab = arg;
+	for (int i = 0; i < AB_ROUNDS; i++) {
+		uint64_t end = th_now_ms() + 10000; /* a hang guard, not a speed bound */
+		while (atomic_load(&ab->go) <= i && th_now_ms() < end)
+			sched_yield();
+		char text[32];
+		snprintf(text, sizeof(text), "A%d", i);
+		ura_msg *m;
+		if (ura_msg_new(text, strlen(text), &m) < 0)
+			break;
+		int r = i % 2 ? ura_conn_send_with_reply(ab->a, m, ab_reply, ab) : ura_conn_send(ab->a, m);
+		ura_msg_unref(m);
+		if (r < 0)
+			break;
+		atomic_store(&ab->sent, i + 1); /* seq_cst: the loop thread sends B after seeing it */
+	}
+	return NULL;
+}
+
+Test(conn, a_send_that_returned_on_another_thread_goes_before_a_later_loop_send)
+{
+	ura_conn *a, *b;
+	struct seen sa = { 0 };
+	struct ab ab = { 0 };
+	cr_assert_eq(th_conn_pair(loop, on_event, &sa, &a, ab_record, &ab, &b), 0);
+	ab.a = a;
+	ura_conn_activate(a);
+	ura_conn_activate(b);
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, ab_sender, &ab), 0);
+	int rounds = 0;
+	for (; rounds < AB_ROUNDS; rounds++) {
+		atomic_store(&ab.go, rounds + 1);
+		uint64_t end = th_now_ms() + 10000; /* a hang guard */
+		while (atomic_load(&ab.sent) <= rounds && th_now_ms() < end)
+			sched_yield();
+		if (atomic_load(&ab.sent) <= rounds)
+			break;
+		/* A's send has returned: B, sent now from the loop thread, must follow it. */
+		char text[32];
+		snprintf(text, sizeof(text), "B%d", rounds);
+		cr_assert_eq(send_text(a, text), 0);
+		if (rounds % 4 == 0)
+			(void)ura_loop_run_once(loop, false); /* sometimes the loop runs between */
+	}
+	pthread_join(th, NULL);
+	cr_assert_eq(rounds, AB_ROUNDS, "the sender thread stopped at round %d", rounds);
+	cr_assert(run_until_int(&ab.got, 2 * AB_ROUNDS, 10000), "%d of %d messages arrived",
+		  atomic_load(&ab.got), 2 * AB_ROUNDS);
+	for (int k = 0; k < 2 * AB_ROUNDS; k++)
+		cr_assert_eq(ab.order[k], k, "arrival %d is %c%d, expected %c%d", k,
+			     ab.order[k] % 2 ? 'B' : 'A', ab.order[k] / 2, k % 2 ? 'B' : 'A', k / 2);
+	cr_assert(run_until_int(&ab.replies, AB_ROUNDS / 2, 10000));
 	drop_and_drain(a, b);
 }
 

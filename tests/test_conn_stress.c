@@ -1,6 +1,7 @@
 /*
- * Connection stress: sends with replies from other threads racing a cancel. Built with
- * Criterion (ASan) and standalone under ThreadSanitizer, like test_stress.c.
+ * Connection stress: sends with replies from other threads racing a cancel, and the order
+ * of sends made by several threads and the loop thread. Built with Criterion (ASan) and
+ * standalone under ThreadSanitizer, like test_stress.c.
  *
  * The guarantee (DESIGN.md, connections): every reply handler is called exactly once,
  * and after the final CONNECTION_INVALID event nothing of the connection runs again. A
@@ -11,6 +12,8 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -123,5 +126,174 @@ Test(conn_stress, replies_racing_cancel_all_come_before_the_final_event, .timeou
 	for (unsigned i = 0; i < ROUNDS; i++)
 		run_round(loop, msg, i % 8); /* cancel at varied points, also at once */
 	ura_msg_unref(msg);
+	ura_loop_free(loop);
+}
+
+/*
+ * Send order across threads (DESIGN.md: "queued in order", as on an XPC connection's
+ * queue): sends leave in the order their calls returned, whatever thread made them.
+ * Threads send numbered messages; the loop thread (in its own code and inside b's
+ * handler) sends messages carrying how many sends of each thread it had seen return.
+ * At the peer each thread's messages come in order, and a loop message comes after
+ * every send it had seen return.
+ */
+enum { ORDER_SENDERS = 3, ORDER_PER_THREAD = 2000, ORDER_FROM_LOOP = 2000 };
+
+struct order_msg {
+	uint32_t sender; /* ORDER_SENDERS: the loop thread */
+	uint32_t seq;
+	uint32_t seen[ORDER_SENDERS]; /* a loop message: each thread's returned sends */
+};
+
+struct order {
+	ura_conn *a;
+	_Atomic bool go;
+	_Atomic uint32_t returned[ORDER_SENDERS];
+	_Atomic uint64_t send_errors, replies;
+	/* Loop thread only. */
+	uint32_t from_loop;
+	uint32_t next[ORDER_SENDERS + 1];
+	uint64_t received, out_of_order, too_early, malformed;
+	const char *first; /* the first problem: what, and three numbers */
+	uint32_t first_x, first_y, first_z;
+};
+
+static void order_reply(ura_conn *c, const struct ura_event *ev, void *arg)
+{
+	(void)c, (void)ev;
+	atomic_fetch_add(&((struct order *)arg)->replies, 1);
+}
+
+static int order_send(ura_conn *c, const struct order_msg *om, bool with_reply, void *arg)
+{
+	ura_msg *m;
+	int r = ura_msg_new(om, sizeof(*om), &m);
+	if (r < 0)
+		return r;
+	r = with_reply ? ura_conn_send_with_reply(c, m, order_reply, arg) : ura_conn_send(c, m);
+	ura_msg_unref(m);
+	return r;
+}
+
+/* A loop-thread message: what it has seen of each thread so far. */
+static void order_send_from_loop(struct order *o)
+{
+	if (o->from_loop == ORDER_FROM_LOOP)
+		return;
+	struct order_msg om = { .sender = ORDER_SENDERS, .seq = o->from_loop };
+	for (int t = 0; t < ORDER_SENDERS; t++)
+		/* Acquire: pairs with the sender's release store after its send returned. */
+		om.seen[t] = atomic_load_explicit(&o->returned[t], memory_order_acquire);
+	if (order_send(o->a, &om, false, o) < 0)
+		atomic_fetch_add(&o->send_errors, 1);
+	o->from_loop++;
+}
+
+static void order_note(struct order *o, uint64_t *counter, const char *what, uint32_t x,
+		       uint32_t y, uint32_t z)
+{
+	if (!o->first) {
+		o->first = what;
+		o->first_x = x, o->first_y = y, o->first_z = z;
+	}
+	(*counter)++;
+}
+
+static void order_receive(ura_conn *c, const struct ura_event *ev, void *ctx)
+{
+	struct order *o = ctx;
+	if (ev->type != URA_EVENT_MESSAGE)
+		return;
+	struct order_msg om;
+	if (ura_msg_len(ev->msg) != sizeof(om)) {
+		order_note(o, &o->malformed, "a message of the wrong size",
+			   (uint32_t)ura_msg_len(ev->msg), 0, 0);
+		return;
+	}
+	memcpy(&om, ura_msg_data(ev->msg), sizeof(om));
+	if (om.sender > ORDER_SENDERS) {
+		order_note(o, &o->malformed, "an unknown sender", om.sender, 0, 0);
+		return;
+	}
+	if (om.seq != o->next[om.sender])
+		order_note(o, &o->out_of_order, "sender, message, message due", om.sender,
+			   om.seq, o->next[om.sender]);
+	o->next[om.sender] = om.seq + 1;
+	if (om.sender == ORDER_SENDERS)
+		for (uint32_t t = 0; t < ORDER_SENDERS; t++)
+			if (o->next[t] < om.seen[t])
+				order_note(o, &o->too_early,
+					   "loop message, came before message, of thread",
+					   om.seq, om.seen[t] - 1, t);
+	o->received++;
+	if (ura_msg_expects_reply(ev->msg))
+		(void)ura_conn_reply(c, ev->msg, ev->msg);
+	if (o->received % 3 == 0)
+		order_send_from_loop(o); /* a send from inside a callback, too */
+}
+
+struct order_thread {
+	struct order *o;
+	uint32_t t;
+};
+
+static void *order_thread_main(void *arg)
+{
+	struct order_thread *ot = arg;
+	struct order *o = ot->o;
+	while (!atomic_load(&o->go))
+		;
+	for (uint32_t i = 0; i < ORDER_PER_THREAD; i++) {
+		struct order_msg om = { .sender = ot->t, .seq = i };
+		if (order_send(o->a, &om, i % 5 == 0, o) < 0) {
+			atomic_fetch_add(&o->send_errors, 1);
+			break;
+		}
+		/* Release: a loop thread that reads i + 1 sends after this send returned. */
+		atomic_store_explicit(&o->returned[ot->t], i + 1, memory_order_release);
+		if (i % 16 == 15)
+			sched_yield(); /* interleave with the loop thread more often */
+	}
+	return NULL;
+}
+
+Test(conn_stress, sends_leave_in_the_order_their_calls_returned, .timeout = 300)
+{
+	ura_loop *loop;
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	static struct order o;
+	memset(&o, 0, sizeof(o));
+	ura_conn *b;
+	cr_assert_eq(th_conn_pair(loop, NULL, NULL, &o.a, order_receive, &o, &b), 0);
+	ura_conn_activate(o.a);
+	ura_conn_activate(b);
+	pthread_t th[ORDER_SENDERS];
+	struct order_thread ot[ORDER_SENDERS];
+	for (uint32_t t = 0; t < ORDER_SENDERS; t++) {
+		ot[t] = (struct order_thread){ .o = &o, .t = t };
+		cr_assert_eq(pthread_create(&th[t], NULL, order_thread_main, &ot[t]), 0);
+	}
+	atomic_store(&o.go, true);
+	const uint64_t want = (uint64_t)ORDER_SENDERS * ORDER_PER_THREAD + ORDER_FROM_LOOP;
+	uint64_t end = th_now_ms() + 120000; /* a hang guard, not a speed bound */
+	while (o.received < want && th_now_ms() < end &&
+	       atomic_load(&o.send_errors) == 0) {
+		order_send_from_loop(&o);
+		(void)ura_loop_run_once(loop, false);
+	}
+	for (int t = 0; t < ORDER_SENDERS; t++)
+		pthread_join(th[t], NULL);
+	cr_log_info("order: %llu received, %llu replies",
+		    (unsigned long long)o.received, (unsigned long long)atomic_load(&o.replies));
+	cr_assert_eq(atomic_load(&o.send_errors), 0);
+	cr_assert_eq(o.malformed + o.out_of_order + o.too_early, 0,
+		     "%llu out of order, %llu too early, %llu malformed; first: %s %u %u %u",
+		     (unsigned long long)o.out_of_order, (unsigned long long)o.too_early,
+		     (unsigned long long)o.malformed, o.first, o.first_x, o.first_y, o.first_z);
+	cr_assert_eq(o.received, want, "%llu of %llu messages arrived",
+		     (unsigned long long)o.received, (unsigned long long)want);
+	ura_conn_unref(o.a);
+	ura_conn_unref(b);
+	cr_assert_eq(ura_loop_run(loop), 0);
 	ura_loop_free(loop);
 }

@@ -568,3 +568,88 @@ Test(faults, barrier_tags_without_memory)
 	ura_session_unref(s);
 	ura_loop_free(loop);
 }
+
+/* ---- an invalid connection always has a reason, also when nothing can be allocated */
+
+enum end_by {
+	END_PEER_CLOSED,
+	END_PROTOCOL_ERROR,
+	END_CANCEL,
+	END_LOOP_FREED,
+	END_LOOP_FREED_INACTIVE, /* never activated: no I/O of its own to end it */
+};
+
+/* Ends an open adopted connection in the way named while every allocation fails, then
+ * asks for its reason with allocation working again. */
+static void reason_without_memory(enum end_by how, const char *needle)
+{
+	ura_loop *loop;
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	ura_conn *a;
+	int peer;
+	struct conn_seen sa = { 0 };
+	cr_assert_eq(th_conn_adopt(loop, conn_events, &sa, &a, &peer), 0);
+	if (how != END_LOOP_FREED_INACTIVE) {
+		ura_conn_activate(a);
+		th_spin(loop, 5); /* open, its receive armed */
+	}
+	ura__fault_arm(URA__FAULT_ALLOC, -ENOMEM, 1, 1000000000ul);
+	switch (how) {
+	case END_PEER_CLOSED:
+		close(peer);
+		peer = -1;
+		break;
+	case END_PROTOCOL_ERROR:
+		cr_assert_eq(write(peer, "GARBAGE-GARBAGE-GARBAGE", 23), 23);
+		break;
+	case END_CANCEL:
+		ura_conn_cancel(a);
+		break;
+	case END_LOOP_FREED:
+	case END_LOOP_FREED_INACTIVE:
+		break;
+	}
+	if (how == END_LOOP_FREED || how == END_LOOP_FREED_INACTIVE) {
+		ura_loop_free(loop);
+		loop = NULL;
+	} else {
+		th_run_until_int(loop, &sa.invalid, 1, 5000);
+	}
+	unsigned long injected = ura__fault_injected(URA__FAULT_ALLOC);
+	ura__fault_disarm_all();
+	cr_assert_eq(atomic_load(&sa.invalid), 1, "%s: no final event", needle);
+	char *why = ura_conn_copy_invalidation_reason(a);
+	cr_assert_not_null(why, "%s: an invalid connection without a reason (%lu allocations "
+			   "failed)", needle, injected);
+	cr_assert(strstr(why, needle), "reason '%s' lacks '%s'", why, needle);
+	free(why);
+	ura_conn_unref(a);
+	if (peer >= 0)
+		close(peer);
+	ura_loop_free(loop);
+}
+
+Test(faults, peer_closed_without_memory_still_gives_a_reason)
+{
+	reason_without_memory(END_PEER_CLOSED, "peer closed");
+}
+
+Test(faults, protocol_error_without_memory_still_gives_a_reason)
+{
+	reason_without_memory(END_PROTOCOL_ERROR, "protocol error");
+}
+
+Test(faults, cancel_without_memory_still_gives_a_reason)
+{
+	reason_without_memory(END_CANCEL, "cancelled");
+}
+
+Test(faults, the_loops_end_without_memory_still_gives_a_reason)
+{
+	reason_without_memory(END_LOOP_FREED, "loop ended");
+}
+
+Test(faults, the_loops_end_of_an_inactive_connection_gives_a_reason)
+{
+	reason_without_memory(END_LOOP_FREED_INACTIVE, "loop ended");
+}

@@ -6,7 +6,11 @@
  *
  * Conventions, for every function below:
  *   - returns 0 (or a count) on success and a negative errno on failure; errno is
- *     never the channel for an error;
+ *     never the channel for an error. The common values: -EINVAL a bad argument (a NULL
+ *     object or out pointer, unknown flags, a non-zero reserved field), -ENOMEM out of
+ *     memory, -ESHUTDOWN the object has ended (its session is invalidated, its
+ *     connection cancelled, or its loop freed). The comment above each function lists
+ *     every value it can return;
  *   - a function that takes a callback and returns an error never calls the callback;
  *   - "any thread" means callable from any thread at any time, including from inside a
  *     callback; "loop thread" means only on the thread that created the loop;
@@ -77,8 +81,11 @@ enum {
  * Creates a loop whose ring uses SINGLE_ISSUER, DEFER_TASKRUN, COOP_TASKRUN and
  * SUBMIT_ALL where the kernel has them. cfg may be NULL (defaults). The calling thread
  * becomes the loop thread. The caller frees the loop with ura_loop_free. Each live loop
- * holds one of 1023 tags that keep its task handles apart from other loops': -EMFILE
- * when 1023 loops are alive. Any thread.
+ * holds one of 1023 tags that keep its task handles apart from other loops'. Returns 0,
+ * -EINVAL (out NULL, unknown flags, non-zero reserved, sq_entries or cq_entries out of
+ * range), -EMFILE (1023 loops are alive), -ENOMEM, or an error from eventfd(2) or
+ * io_uring_setup(2) (e.g. -EMFILE, -ENFILE, or -EPERM/-ENOSYS where io_uring is
+ * disabled). Any thread.
  */
 int ura_loop_new(const struct ura_loop_config *cfg, ura_loop **out);
 
@@ -93,17 +100,21 @@ int ura_loop_new(const struct ura_loop_config *cfg, ura_loop **out);
  */
 void ura_loop_free(ura_loop *loop);
 
-/* Runs until no live work remains or ura_loop_stop. Returns 0 or -errno. Loop thread. */
+/* Runs until no live work remains or ura_loop_stop. Returns 0, -EINVAL (loop NULL),
+ * -EBUSY (called from inside a callback of this loop), or an error from io_uring_enter(2)
+ * (its EINTR, EAGAIN, EBUSY and ETIME are retried, not returned). Loop thread. */
 int ura_loop_run(ura_loop *loop);
 
 /* One iteration; wait: block until at least one completion or wakeup. Returns the number
- * of completions handled, or -errno. Loop thread. */
+ * of completions handled, or the errors of ura_loop_run. Loop thread. */
 int ura_loop_run_once(ura_loop *loop, bool wait);
 
 /* Makes the current (or next) ura_loop_run return. Any thread. */
 void ura_loop_stop(ura_loop *loop);
 
-/* fn(arg) runs once on the loop thread, never inside this call. Any thread. */
+/* fn(arg) runs once on the loop thread, never inside this call. Returns 0, -EINVAL (loop
+ * or fn NULL), -ESHUTDOWN (ura_loop_free has drained the loop: fn could never run),
+ * -ENOMEM. Any thread. */
 int ura_loop_post(ura_loop *loop, void (*fn)(void *arg), void *arg);
 
 /* The loop's ring, for registering buffers and files. Do not submit on it. Loop thread. */
@@ -138,24 +149,36 @@ enum ura_task_kind { URA_TASK_DATA = 0, URA_TASK_UPLOAD = 1, URA_TASK_DOWNLOAD =
  * IOSQE_CQE_SKIP_SUCCESS are refused (-EINVAL): each task is one independent CQE stream.
  * The opcode is the kernel's to judge, also one newer than liburing's headers: an opcode
  * the running kernel lacks is accepted here and its terminal call gets the kernel's
- * -EINVAL.
- * -ESHUTDOWN if s is invalidated or invalidating. out may be NULL. Any thread.
+ * -EINVAL. out may be NULL. Returns 0, -EINVAL (s or sqe NULL, unknown flags,
+ * IOSQE_IO_LINK, IOSQE_IO_HARDLINK or IOSQE_CQE_SKIP_SUCCESS), -ESHUTDOWN (s invalidated
+ * or invalidating, or its loop freed), -EAGAIN (from another thread: the loop already
+ * holds ura_loop_config.max_queued tasks other threads submitted that have not reached
+ * the ring; retry later, nothing was accepted), -ENOMEM (also when the loop's 4M task
+ * slots are all in use). The wrappers below return the same. Any thread.
  */
 int ura_submit(ura_session *s, const struct io_uring_sqe *sqe, unsigned flags,
 	       ura_task_fn fn, void *arg, ura_task *out);
 
-/* 0, -ENOENT (unknown or finished), or -EALREADY (already cancelling). A suspended or not
- * yet submitted task completes with -ECANCELED without an SQE; a running one is cancelled
- * with IORING_OP_ASYNC_CANCEL. Any thread. */
+/* Returns 0, -ENOENT (t is 0, unknown, finished, or not a task of s; also once s has had
+ * its final event or its loop was freed), -EALREADY (already cancelling), -EINVAL (s
+ * NULL), -ENOMEM (off the loop thread: no memory to tell the loop; nothing changed). A
+ * suspended or not yet submitted task completes with -ECANCELED without an SQE; a
+ * running one is cancelled with IORING_OP_ASYNC_CANCEL. Any thread. */
 int ura_task_cancel(ura_session *s, ura_task t);
 
-/* Starts a suspended task. 0, -ENOENT, or -EINVAL if it is not suspended. Any thread. */
+/* Starts a suspended task. Returns 0, -ENOENT (as for ura_task_cancel), -EINVAL (s NULL,
+ * or t is not suspended: running or cancelling), -ENOMEM (off the loop thread; t stays
+ * suspended). Any thread. */
 int ura_task_resume(ura_session *s, ura_task t);
 
-/* URA_TASK_*; a finished or unknown handle reads URA_TASK_COMPLETED. Any thread. */
+/* URA_TASK_*, never an error: a finished or unknown handle, 0, a NULL or ended session
+ * and a freed loop all read URA_TASK_COMPLETED. Any thread. */
 int ura_task_state(ura_session *s, ura_task t);
 
-/* Wrappers: prepare the SQE and ura_submit it with flags 0. Same callback convention. */
+/* Wrappers: prepare the SQE and ura_submit it with flags 0. Same callback convention and
+ * the same returns: 0, -EINVAL (s NULL, or a NULL pointer argument noted below),
+ * -ESHUTDOWN, -ENOMEM. Errors of the operation itself (a bad fd, a refused connect)
+ * come as the terminal call's res, never from these calls. */
 int ura_nop(ura_session *s, ura_task_fn fn, void *arg, ura_task *out);
 int ura_read(ura_session *s, int fd, void *buf, unsigned len, uint64_t off,
 	     ura_task_fn fn, void *arg, ura_task *out);
@@ -173,16 +196,17 @@ int ura_sendmsg(ura_session *s, int fd, const struct msghdr *msg, unsigned flags
 		ura_task_fn fn, void *arg, ura_task *out);
 int ura_recvmsg(ura_session *s, int fd, struct msghdr *msg, unsigned flags,
 		ura_task_fn fn, void *arg, ura_task *out);
-/* addr/addrlen may be NULL; res is the accepted descriptor. */
+/* addr/addrlen may be NULL, but only both (-EINVAL); res is the accepted descriptor. */
 int ura_accept(ura_session *s, int fd, struct sockaddr *addr, socklen_t *addrlen, int flags,
 	       ura_task_fn fn, void *arg, ura_task *out);
 /* One CQE per accepted connection with IORING_CQE_F_MORE until the terminal one. */
 int ura_accept_multishot(ura_session *s, int fd, int flags,
 			 ura_task_fn fn, void *arg, ura_task *out);
+/* -EINVAL if addr is NULL. */
 int ura_connect(ura_session *s, int fd, const struct sockaddr *addr, socklen_t len,
 		ura_task_fn fn, void *arg, ura_task *out);
 int ura_close(ura_session *s, int fd, ura_task_fn fn, void *arg, ura_task *out);
-/* path must live until the terminal call. */
+/* path must live until the terminal call; -EINVAL if it is NULL. */
 int ura_openat(ura_session *s, int dfd, const char *path, int flags, unsigned mode,
 	       ura_task_fn fn, void *arg, ura_task *out);
 int ura_fsync(ura_session *s, int fd, unsigned flags, ura_task_fn fn, void *arg, ura_task *out);
@@ -195,8 +219,11 @@ int ura_splice(ura_session *s, int fd_in, int64_t off_in, int fd_out, int64_t of
 
 /*
  * A provided-buffer ring of nbufs (a power of two, at most 32768) buffers of buf_size
- * bytes each, registered under group id bgid. Loop thread; freed with ura_buf_ring_free
- * after every task using it has had its terminal call.
+ * bytes each (1 to 16 MiB), registered under group id bgid (0x5552 is the group the
+ * loop's connections use). Loop thread; freed with ura_buf_ring_free after every task
+ * using it has had its terminal call. Returns 0, -EINVAL (loop or out NULL, nbufs or
+ * buf_size out of range), -ENOMEM, or an error from registering the ring with the kernel
+ * (-EEXIST: bgid is taken; -EINVAL: a kernel before 5.19).
  */
 int ura_buf_ring_new(ura_loop *loop, uint16_t bgid, unsigned nbufs, unsigned buf_size,
 		     ura_buf_ring **out);
@@ -208,7 +235,8 @@ void ura_buf_ring_recycle(ura_buf_ring *br, uint32_t cqe_flags);
 unsigned ura_buf_ring_buf_size(const ura_buf_ring *br);
 
 /* Multishot recv into br's buffers: res bytes in ura_buf_ring_buffer(br, cqe_flags);
- * res 0 is end of stream (terminal). Recycle each buffer when done with it. */
+ * res 0 is end of stream (terminal). Recycle each buffer when done with it. Returns as
+ * the wrappers above; -EINVAL also if br is NULL. */
 int ura_recv_multishot(ura_session *s, int fd, ura_buf_ring *br, int flags,
 		       ura_task_fn fn, void *arg, ura_task *out);
 
@@ -241,7 +269,9 @@ struct ura_session_stats {
 	uint64_t invalidate_to_final_ns; /* first invalidation request to final event; 0 before */
 };
 
-/* A new session (one reference, the caller's). d may be NULL; *d is copied. Any thread. */
+/* A new session (one reference, the caller's). d may be NULL; *d is copied. Returns 0,
+ * -EINVAL (loop or out NULL), -ESHUTDOWN (ura_loop_free is under way or done), -ENOMEM.
+ * Any thread. */
 int ura_session_new(ura_loop *loop, const struct ura_session_delegate *d, void *ctx,
 		    ura_session **out);
 /* The loop's shared session: no delegate, ignores invalidation. Borrowed. Any thread. */
@@ -254,12 +284,15 @@ void ura_session_finish_tasks_and_invalidate(ura_session *s);
 void ura_session_invalidate_and_cancel(ura_session *s);
 /* False once invalidation has been requested (and for NULL). Any thread. */
 bool ura_session_is_valid(ura_session *s);
-/* Copies text (NULL clears). -ESHUTDOWN once invalidated. Any thread. */
+/* Copies text (NULL clears). Returns 0, -EINVAL (s NULL), -ESHUTDOWN (invalidation was
+ * requested, or the loop freed), -ENOMEM. Any thread. */
 int ura_session_set_description(ura_session *s, const char *text);
 /* snprintf-like: the description's length; writes at most len bytes with a NUL. Any thread. */
 size_t ura_session_description(ura_session *s, char *buf, size_t len);
 /* fn runs later on the loop thread with the tasks neither completed nor cancelling. The
- * array is valid for the call only. Any thread. */
+ * array is valid for the call only. Returns 0, -EINVAL (s or fn NULL), -ESHUTDOWN (s
+ * invalidated or invalidating, or its loop freed), -ENOMEM; the same for get_tasks,
+ * flush and reset. Any thread. */
 int ura_session_get_all_tasks(ura_session *s,
 			      void (*fn)(ura_session *, const ura_task *, size_t, void *),
 			      void *arg);
@@ -272,7 +305,8 @@ int ura_session_get_tasks(ura_session *s,
 int ura_session_flush(ura_session *s, void (*fn)(ura_session *, void *), void *arg);
 /* flush, then drop the session's cached resources and reset its stats. Any thread. */
 int ura_session_reset(ura_session *s, void (*fn)(ura_session *, void *), void *arg);
-/* A snapshot of the session's counters. Any thread. */
+/* A snapshot of the session's counters, also after its final event. Returns 0 or
+ * -EINVAL (s or out NULL). Any thread. */
 int ura_session_stats(ura_session *s, struct ura_session_stats *out);
 
 /* -------------------------------------------------------------- messages */
@@ -322,36 +356,48 @@ typedef void (*ura_event_fn)(ura_conn *c, const struct ura_event *ev, void *ctx)
 /* The callback owns one reference to peer (ura_conn_unref when done with it). */
 typedef void (*ura_accept_fn)(ura_listener *l, ura_conn *peer, void *ctx);
 
-/* Adopts a connected stream socket (the connection closes it). Inactive until
- * ura_conn_activate. The caller owns one reference. Loop thread or any thread. */
+/* Adopts a connected stream socket (the connection closes it; on an error the caller
+ * keeps it). Inactive until ura_conn_activate. The caller owns one reference. Returns 0,
+ * -EINVAL (loop or out NULL, fd negative), -ESHUTDOWN (the loop is being or was freed),
+ * -ENOMEM. Any thread. */
 int ura_conn_new(ura_loop *loop, int fd, ura_conn **out);
-/* A client of "unix:/path", "unix:@abstract", "tcp:host:port" or "tcp:[v6]:port". A
- * malformed address is -EINVAL here; one that cannot be reached is an INVALID event with
- * the reason once active. A host name is resolved here (blocking). Any thread. */
+/* A client of "unix:/path", "unix:@abstract", "tcp:host:port" or "tcp:[v6]:port". A host
+ * name is resolved here (blocking); an address that cannot be reached is an INVALID
+ * event with the reason once active. Returns 0, -EINVAL (loop, address or out NULL, a
+ * malformed address), -ENAMETOOLONG (a unix path over 107 bytes), -ENOENT (an unknown
+ * host name or scope interface), -EHOSTUNREACH or getaddrinfo(3)'s errno (resolution
+ * failed otherwise), -ESHUTDOWN (the loop is being or was freed), -ENOMEM. Any thread. */
 int ura_conn_connect(ura_loop *loop, const char *address, ura_conn **out);
-/* Sets the handler; only before activation (-EBUSY after). Any thread. */
+/* Sets the handler; only before activation. Returns 0, -EINVAL (c NULL), -EBUSY
+ * (already activated). Any thread. */
 int ura_conn_set_event_handler(ura_conn *c, ura_event_fn fn, void *ctx);
-/* Largest frame payload accepted or sent (default 16 MiB); before activation. */
+/* Largest frame payload accepted or sent (default 16 MiB); before activation. Returns 0,
+ * -EINVAL (c NULL, bytes 0), -EBUSY (already activated). */
 int ura_conn_set_max_frame(ura_conn *c, uint32_t bytes);
 /* Starts delivery; again is a no-op. Any thread. */
 void ura_conn_activate(ura_conn *c);
 /* Counted: no handler runs and nothing is sent while suspended. Resume on an inactive
- * connection activates it; more resumes than suspends: -EINVAL. A cancelled connection
- * that is suspended keeps ura_loop_run running until the resume that delivers its final
- * event. Any thread. */
+ * connection activates it. A cancelled connection that is suspended keeps ura_loop_run
+ * running until the resume that delivers its final event. suspend returns 0 or -EINVAL
+ * (c NULL); resume returns 0, -EINVAL (c NULL, more resumes than suspends), -ENOMEM (the
+ * last resume could not reach the loop: the connection stays suspended). Any thread. */
 int ura_conn_suspend(ura_conn *c);
 int ura_conn_resume(ura_conn *c);
 /* Queues m (a reference is taken). Sends, send_with_reply and replies share one queue:
  * they leave in the order their calls returned, across threads (a send on the loop thread
- * never overtakes one another thread has returned from). -ESHUTDOWN once cancelled. Any
- * thread. */
+ * never overtakes one another thread has returned from). Returns 0, -EINVAL (c or m
+ * NULL), -EMSGSIZE (m is over the connection's maximum frame), -ESHUTDOWN (c cancelled
+ * or invalid, or its loop freed), -ENOMEM. Any thread. */
 int ura_conn_send(ura_conn *c, ura_msg *m);
 /* As send; reply(c, event, arg) runs exactly once on the loop thread with the answer
- * (a MESSAGE event) or an error event (INTERRUPTED, INVALID). Any thread. */
+ * (a MESSAGE event) or an error event (INTERRUPTED, INVALID). Returns as send; -EINVAL
+ * also if reply is NULL. Any thread. */
 int ura_conn_send_with_reply(ura_conn *c, ura_msg *m, ura_event_fn reply, void *arg);
-/* Answers request (a received message that expects a reply) with reply. -EINVAL if it is
- * not an unanswered request of c; -ENOTCONN if the client was interrupted since it arrived
- * (the peer that asked is gone); -ESHUTDOWN once cancelled. Any thread. */
+/* Answers request (a received message that expects a reply) with reply. Returns 0,
+ * -EINVAL (an argument NULL, or request is not an unanswered request of c), -ENOTCONN
+ * (the client was interrupted since it arrived: the peer that asked is gone), -EMSGSIZE
+ * (reply is over the maximum frame; request stays unanswered), -ESHUTDOWN (c cancelled
+ * or invalid), -ENOMEM. Any thread. */
 int ura_conn_reply(ura_conn *c, ura_msg *request, ura_msg *reply);
 ura_loop *ura_conn_loop(ura_conn *c);
 /* Asynchronous, non-preemptive, idempotent: unsent messages are dropped, in-flight I/O
@@ -368,8 +414,11 @@ ura_conn *ura_conn_ref(ura_conn *c);   /* any thread */
  * final event. Any thread; NULL is fine. */
 void ura_conn_unref(ura_conn *c);
 
-/* Listens on address (multishot accept); each peer arrives inactive in fn. -EADDRINUSE
- * when taken. The caller owns one reference. Loop thread. */
+/* Listens on address (multishot accept); each peer arrives inactive in fn. The caller
+ * owns one reference. Returns 0, -EINVAL (an argument NULL, a malformed address), the
+ * address errors of ura_conn_connect (-ENAMETOOLONG, -ENOENT, -EHOSTUNREACH...),
+ * -ESHUTDOWN (the loop is being freed), -ENOMEM, or an error from socket(2), bind(2) or
+ * listen(2) (e.g. -EADDRINUSE when the address is taken, -EACCES). Loop thread. */
 int ura_listener_new(ura_loop *loop, const char *address, ura_accept_fn fn, void *ctx,
 		     ura_listener **out);
 /* Stops accepting (asynchronous; fn is not called after the cancel took effect). */
@@ -396,7 +445,10 @@ struct ura_main_config {
 /* Runs a service on address: accepts peers into fn until SIGTERM or SIGINT, then stops
  * accepting, sends TERMINATION_IMMINENT once to each peer, waits (bounded) for open
  * transactions to reach zero, cancels every connection, drains and returns 0. The
- * signals are blocked in the calling thread and read through the ring (signalfd). */
+ * signals are blocked in the calling thread and read through the ring (signalfd).
+ * Returns 0 after that shutdown, or at once -EINVAL (address or fn NULL, a non-zero
+ * reserved field in cfg), an error of ura_loop_new or ura_listener_new, -ENOMEM, or an
+ * error from signalfd(2); later, an error of ura_loop_run_once ends it early. */
 int ura_main(const char *address, ura_accept_fn fn, void *ctx);
 int ura_main_with(const char *address, const struct ura_main_config *cfg, ura_accept_fn fn,
 		  void *ctx);

@@ -305,7 +305,10 @@ int ura_loop_post(ura_loop *loop, void (*fn)(void *arg), void *arg)
 	if (!loop || !fn)
 		return -EINVAL;
 	bool on_loop = ura__on_loop(loop);
-	if (!on_loop && !ura__loop_enter(loop))
+	/* On the loop thread too: once the gate is shut the inbox is never run again.
+	 * Relaxed: only this thread shuts it. */
+	if (on_loop ? (atomic_load_explicit(&loop->gate, memory_order_relaxed) & URA__GATE_CLOSED)
+		    : !ura__loop_enter(loop))
 		return -ESHUTDOWN;
 	int r = -ENOMEM;
 	struct ura__cmd *cmd = ura__malloc(sizeof(*cmd));
@@ -564,6 +567,8 @@ int ura_loop_run(ura_loop *loop)
 {
 	if (!loop)
 		return -EINVAL;
+	if (loop->running)
+		return -EBUSY; /* inside a callback: also with no work left, and stop is kept */
 	int r = 0;
 	while (!atomic_load_explicit(&loop->stop, memory_order_acquire) && has_work(loop)) {
 		r = iterate(loop, true, NULL);

@@ -10,7 +10,9 @@
  * The shape: one session holds every task. A multishot accept brings clients; each client
  * has one multishot recv into a shared provided-buffer ring and at most one send in
  * flight. A received chunk stays in its ring buffer until the send of it has had its
- * terminal call; only then is the buffer recycled. On a signal the session is
+ * terminal call; only then is the buffer recycled. An accept that fails for want of
+ * descriptors or memory is tried again after a growing wait (a timer task), not at once,
+ * which would spin while the shortage lasts. On a signal the session is
  * invalidated, which cancels every task; each client is freed when its last task has had
  * its terminal call, and the session's final event says the kernel holds nothing more.
  */
@@ -43,6 +45,7 @@ struct server {
 	struct signalfd_siginfo si; /* the signal read's buffer: lives until its terminal call */
 	struct client *clients;     /* every client not yet freed */
 	unsigned paused;            /* clients waiting for a free ring buffer */
+	uint64_t accept_wait_ns;    /* the last wait before accepting again; 0 after a success */
 	bool stopping;
 };
 
@@ -221,11 +224,31 @@ static void on_recv(ura_session *s, ura_task t, int32_t res, uint32_t flags, voi
 
 /* ------------------------------------------------------ accept, signals */
 
+static void on_accept(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg);
+
+static void accept_again(struct server *srv)
+{
+	int r = ura_accept_multishot(srv->session, srv->listen_fd, SOCK_CLOEXEC, on_accept, srv,
+				     NULL);
+	if (r < 0)
+		fprintf(stderr, "echo_server: accept ended: %s\n", strerror(-r));
+}
+
+/* The wait after a failed accept is over (or cancelled because we are stopping). */
+static void on_accept_wait(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg)
+{
+	(void)s, (void)t, (void)flags;
+	struct server *srv = arg;
+	if (res != -ECANCELED && !srv->stopping)
+		accept_again(srv);
+}
+
 static void on_accept(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg)
 {
 	(void)t;
 	struct server *srv = arg;
 	if (res >= 0) {
+		srv->accept_wait_ns = 0;
 		struct client *cl = calloc(1, sizeof(*cl));
 		if (!cl) {
 			close(res);
@@ -240,11 +263,25 @@ static void on_accept(ura_session *s, ura_task t, int32_t res, uint32_t flags, v
 			maybe_free(cl); /* when arm_recv failed (stopping) */
 		}
 	}
-	/* A multishot accept can end on an error (EMFILE, ENOBUFS): listen again, unless it
-	 * was cancelled because we are stopping. */
-	if (!(flags & IORING_CQE_F_MORE) && !srv->stopping && res != -ECANCELED &&
-	    ura_accept_multishot(s, srv->listen_fd, SOCK_CLOEXEC, on_accept, srv, NULL) < 0)
-		fprintf(stderr, "echo_server: accept ended: %s\n", strerror(-res));
+	/* A multishot accept can end: listen again, unless it was cancelled because we are
+	 * stopping. */
+	if ((flags & IORING_CQE_F_MORE) || srv->stopping || res == -ECANCELED)
+		return;
+	if (res >= 0 || res == -ECONNABORTED || res == -EPROTO) {
+		accept_again(srv); /* fine, or one client went away: the next may be fine */
+		return;
+	}
+	/* Out of descriptors (EMFILE, ENFILE) or kernel memory (ENOBUFS, ENOMEM): accepting
+	 * again at once would fail at once, over and over, at 100% CPU, for as long as the
+	 * shortage lasts. Wait first: 1 ms, doubled after each failure in a row, up to 1 s.
+	 * The wait is a task of the session, so stopping cancels it like everything else. */
+	uint64_t ns = srv->accept_wait_ns ? srv->accept_wait_ns * 2 : 1000000;
+	srv->accept_wait_ns = ns < 1000000000 ? ns : 1000000000;
+	fprintf(stderr, "echo_server: accept: %s, retrying in %llu ms\n", strerror(-res),
+		(unsigned long long)(srv->accept_wait_ns / 1000000));
+	int r = ura_timeout(s, srv->accept_wait_ns, on_accept_wait, srv, NULL);
+	if (r < 0)
+		fprintf(stderr, "echo_server: accept ended: %s\n", strerror(-r));
 }
 
 static void on_signal(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg)

@@ -3,6 +3,14 @@
  * accepted socket becomes an inactive connection handed to the accept callback, which
  * owns one reference to it. Cancelling invalidates the session; its final event closes
  * the socket (and removes a unix socket file the listener created).
+ *
+ * An accept that fails for want of a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM) fails
+ * again at once while the shortage lasts, whether or not a client waits: re-arming
+ * straight away would spin. The listener waits instead, with a timeout task in the same
+ * private session (so cancel and the final event cover it): 1 ms after the first
+ * failure, twice as long after each further one, at most 1 s; a successful accept
+ * starts the count again. Other unexpected errors are waited out the same way; the
+ * errors accept(2) reports for one connection that went away re-arm at once.
  */
 #include <errno.h>
 #include <string.h>
@@ -13,7 +21,11 @@
 #include "address.h"
 #include "alloc.h"
 #include "conn.h"
+#include "listener.h"
 #include "session.h"
+
+#define BACKOFF_MIN_NS 1000000ull    /* 1 ms: the first wait after a failed accept */
+#define BACKOFF_MAX_NS 1000000000ull /* 1 s: a freed descriptor is used within this */
 
 struct ura_listener {
 	ura_loop *loop;
@@ -26,6 +38,8 @@ struct ura_listener {
 	struct ura__address addr; /* as bound (the chosen port for port 0) */
 	bool unlink_path;
 	bool active_counted;      /* loop thread */
+	uint64_t backoff_ns;      /* loop thread: the last wait; 0 after an accept succeeded */
+	struct ura__listener_stats stats; /* loop thread */
 };
 
 static void release(ura_listener *l)
@@ -46,23 +60,70 @@ static int arm(ura_listener *l)
 	return ura_accept_multishot(l->io, l->fd, SOCK_CLOEXEC, on_accept, l, NULL);
 }
 
+/* Errors accept(2) reports for one connection that went away before it was accepted:
+ * the next connection may well be fine, so listening again at once is right. */
+static bool one_connection_failed(int32_t res)
+{
+	return res == -ECONNABORTED || res == -EPROTO || res == -EINTR || res == -EAGAIN;
+}
+
+static bool live(ura_listener *l)
+{
+	/* Acquire: pairs with ura_listener_cancel's exchange; a cancelled listener accepts
+	 * nothing more. */
+	return !atomic_load_explicit(&l->cancelled, memory_order_acquire);
+}
+
+static void on_backoff(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg)
+{
+	(void)s, (void)t, (void)flags;
+	ura_listener *l = arg;
+	l->stats.backoff_pending = false;
+	if (res == -ECANCELED) {
+		l->stats.backoffs_cancelled++; /* the listener's cancel: nothing to re-arm */
+		return;
+	}
+	if (live(l) && arm(l) < 0)
+		ura_listener_cancel(l);
+}
+
+/* Listens again after a wait that doubles with each consecutive failure. */
+static void arm_later(ura_listener *l)
+{
+	uint64_t ns = l->backoff_ns ? l->backoff_ns * 2 : BACKOFF_MIN_NS;
+	l->backoff_ns = ns < BACKOFF_MAX_NS ? ns : BACKOFF_MAX_NS;
+	if (ura_timeout(l->io, l->backoff_ns, on_backoff, l, NULL) < 0) {
+		ura_listener_cancel(l); /* no way to listen again: end with a final event */
+		return;
+	}
+	l->stats.backoff_pending = true;
+}
+
 static void on_accept(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg)
 {
 	(void)s, (void)t;
 	ura_listener *l = arg;
-	bool live = !atomic_load_explicit(&l->cancelled, memory_order_acquire);
+	bool is_live = live(l);
 	if (res >= 0) {
+		l->backoff_ns = 0;
 		ura_conn *peer;
-		if (!live || ura_conn_new(l->loop, res, &peer) < 0)
+		if (!is_live || ura_conn_new(l->loop, res, &peer) < 0)
 			close(res);
 		else if (l->fn)
 			l->fn(l, peer, l->ctx);
 		else
 			ura_conn_unref(peer);
 	}
-	/* A multishot accept can end on an error (EMFILE, ENOBUFS): keep listening. */
-	if (!(flags & IORING_CQE_F_MORE) && live && res != -ECANCELED && arm(l) < 0)
+	/* A multishot accept can end (on an error, or when the kernel chooses): keep
+	 * listening, at once unless it failed in a way that would fail again at once. */
+	if ((flags & IORING_CQE_F_MORE) || !is_live || res == -ECANCELED)
+		return;
+	if (res < 0 && !one_connection_failed(res)) {
+		l->stats.accept_failures++;
+		arm_later(l);
+	} else if (arm(l) < 0) {
 		ura_listener_cancel(l);
+	}
 }
 
 static void listener_invalid(ura_session *s, int error, void *ctx)
@@ -160,6 +221,11 @@ void ura_listener_unref(ura_listener *l)
 		return;
 	ura_listener_cancel(l); /* a listener nobody holds cannot be stopped otherwise */
 	release(l);
+}
+
+void ura__listener_stats(ura_listener *l, struct ura__listener_stats *out)
+{
+	*out = l->stats;
 }
 
 ura_loop *ura_listener_loop(ura_listener *l)

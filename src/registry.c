@@ -1,9 +1,13 @@
 /*
  * Lock-free task registry.
  *
- * Shape. The registry reserves address space for every slot it may ever have (256 MiB,
- * less if the system refuses; no memory is used until a chunk is made usable) and makes
- * chunks of 4096 slots usable in place as it grows. Slot i is therefore always base[i]:
+ * Shape. The registry reserves address space for every slot it may ever have (256 MiB;
+ * no memory is used until a chunk is made usable) and makes chunks of 4096 slots usable
+ * in place as it grows. Under an address-space limit (RLIMIT_AS, ulimit -v) it reserves
+ * at most an eighth of what the limit leaves when the loop is made (the limit less the
+ * process's VmSize), in whole chunks, at least one: the reservation counts against the
+ * limit in full though it uses no memory, and the ring, the receive buffers, the heap and
+ * the program itself must still fit in the rest. Less again if mmap refuses. Slot i is therefore always base[i]:
  * a slot never moves, and the loop thread reaches the slot of an index it produced
  * itself with one address computation. Lookups of untrusted handles check that the
  * index's chunk is in use first.
@@ -48,9 +52,12 @@
  *    handle under it.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "alloc.h"
 
@@ -60,13 +67,43 @@
 
 #define CHUNK_BYTES (sizeof(struct ura__slot) * URA__CHUNK_SLOTS)
 
+/* The process's address space in use (VmSize), in bytes; 0 when unknown. */
+static uint64_t vm_size(void)
+{
+	int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	char text[64];
+	ssize_t n = read(fd, text, sizeof(text) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	text[n] = '\0';
+	return strtoull(text, NULL, 10) * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Chunks to reserve: all of them without an address-space limit; under one, an eighth of
+ * what it leaves (see the header comment), at least one chunk. */
+static uint32_t chunk_budget(void)
+{
+	struct rlimit lim;
+	if (getrlimit(RLIMIT_AS, &lim) < 0 || lim.rlim_cur == RLIM_INFINITY)
+		return URA__MAX_CHUNKS;
+	uint64_t used = vm_size();
+	uint64_t left = lim.rlim_cur > used ? lim.rlim_cur - used : 0;
+	uint64_t chunks = left / 8 / CHUNK_BYTES;
+	if (chunks < 1)
+		return 1;
+	return chunks < URA__MAX_CHUNKS ? (uint32_t)chunks : URA__MAX_CHUNKS;
+}
+
 int ura__registry_init(struct ura__registry *r, uint32_t tag)
 {
 	memset(r, 0, sizeof(*r));
 	r->tag = tag;
 	/* PROT_NONE and MAP_NORESERVE: address space only, no memory and no commit charge
-	 * until grow() opens a chunk. A system that refuses 256 MiB (ulimit -v) gets less. */
-	for (uint32_t n = URA__MAX_CHUNKS; n; n /= 2) {
+	 * until grow() opens a chunk. Still, it counts against RLIMIT_AS in full. */
+	for (uint32_t n = chunk_budget(); n; n /= 2) {
 		void *p = mmap(NULL, (size_t)n * CHUNK_BYTES, PROT_NONE,
 			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 		if (p != MAP_FAILED) {

@@ -78,7 +78,8 @@ enum {
 
 #define URA__CHUNK_SHIFT 12u
 #define URA__CHUNK_SLOTS (1u << URA__CHUNK_SHIFT)
-#define URA__MAX_CHUNKS 1024u /* 4M slots: 256 MiB of address space, reserved, not used */
+/* 4M slots: 256 MiB of address space, reserved, not used; less under RLIMIT_AS. */
+#define URA__MAX_CHUNKS 1024u
 #define URA__LOCAL_CACHE_MAX 1024u
 /* A handle's low 32 bits: the loop's tag above the slot index, so a handle from another
  * live loop is never mistaken for one of this loop's tasks. */
@@ -108,8 +109,9 @@ struct ura__registry {
 	uint32_t local_count;
 };
 
-/* Reserves the address space; -ENOMEM when not even one chunk can be reserved. tag is
- * one from ura__registry_tag_get (a test may pick its own). */
+/* Reserves the address space (all of it, or under RLIMIT_AS an eighth of what the limit
+ * leaves: registry.c); -ENOMEM when not even one chunk can be reserved. tag is one from
+ * ura__registry_tag_get (a test may pick its own). */
 int ura__registry_init(struct ura__registry *r, uint32_t tag);
 void ura__registry_destroy(struct ura__registry *r);
 

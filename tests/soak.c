@@ -248,9 +248,9 @@ static void totals(void)
 	if (C(clients) + C(peers) != C(conn_finals))
 		violation("%" PRIu64 " connections, %" PRIu64 " final events",
 			  C(clients) + C(peers), C(conn_finals));
-	printf("tasks: submitted %" PRIu64 " (refused %" PRIu64 "), completed %" PRIu64
-	       ", cancelled %" PRIu64 ", resumed %" PRIu64 "\n",
-	       C(submitted), C(refused), C(terminal), C(cancelled_res), C(resumed));
+	printf("tasks: submitted %" PRIu64 " (refused %" PRIu64 ", of them -EAGAIN %" PRIu64
+	       "), completed %" PRIu64 ", cancelled %" PRIu64 ", resumed %" PRIu64 "\n",
+	       C(submitted), C(refused), C(busy), C(terminal), C(cancelled_res), C(resumed));
 	printf("task cancels: 0 %" PRIu64 ", -ENOENT %" PRIu64 ", -EALREADY %" PRIu64 "\n",
 	       C(cancel_ok), C(cancel_enoent), C(cancel_ealready));
 	printf("sessions: %" PRIu64 ", final events %" PRIu64 "; flush/get_tasks %" PRIu64

@@ -31,7 +31,7 @@ enum { SUBMITTING, ACCEPTED, REFUSED };
 
 /* Everything counted, printed at the end. Any thread. */
 struct soak_counts {
-	_Atomic uint64_t submitted, refused, terminal, cancelled_res, resumed;
+	_Atomic uint64_t submitted, refused, busy, terminal, cancelled_res, resumed;
 	_Atomic uint64_t cancel_ok, cancel_enoent, cancel_ealready;
 	_Atomic uint64_t sessions, finals, inval_finish, inval_cancel, inval_in_callback;
 	_Atomic uint64_t inval_shared, asked, answered;

@@ -203,9 +203,13 @@ static void submit_one(struct sctx *sc, enum kind kind)
 			settle_suspended(sc, t);
 		return;
 	}
-	if (rc != -ESHUTDOWN)
+	/* -EAGAIN: another thread met the loop's bound on queued work (max_queued); nothing
+	 * was accepted. Anything else must be an ended session. */
+	if (rc == -EAGAIN)
+		atomic_fetch_add(&counts.busy, 1);
+	else if (rc != -ESHUTDOWN)
 		violation("submit of kind %d failed with %d", kind, rc);
-	if (sc->shared)
+	else if (sc->shared)
 		violation("the shared session refused a submit: %d", rc);
 	atomic_store(&r->state, REFUSED);
 	atomic_fetch_sub(&live_tasks, 1);

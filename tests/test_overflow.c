@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -279,17 +280,21 @@ static void *submit_main(void *arg)
 		void *a = (void *)(uintptr_t)i;
 		ura_task t = 0;
 		int r;
-		switch (sb->op) {
-		case OP_NOP:
-			r = ura_nop(sh, count_fn, a, &t);
-			break;
-		case OP_TIMEOUT:
-			r = ura_timeout(sh, 1000000, count_fn, a, &t);
-			break;
-		default:
-			r = ura_timeout(sh, LONG_NS, count_fn, a, &t);
-			break;
-		}
+		/* -EAGAIN: the loop holds max_queued of other threads' tasks; nothing was
+		 * accepted, so try again once it has taken some (what a producer does). */
+		do {
+			switch (sb->op) {
+			case OP_NOP:
+				r = ura_nop(sh, count_fn, a, &t);
+				break;
+			case OP_TIMEOUT:
+				r = ura_timeout(sh, 1000000, count_fn, a, &t);
+				break;
+			default:
+				r = ura_timeout(sh, LONG_NS, count_fn, a, &t);
+				break;
+			}
+		} while (r == -EAGAIN && (sched_yield(), true));
 		/* The callback may already have run (the loop thread is busy meanwhile):
 		 * it then skipped the handle check; check_all's count is still exact. */
 		atomic_store_explicit(&handle_of[i], t, memory_order_relaxed);

@@ -595,6 +595,9 @@ Test(session, g9_cancelled_counts_only_cancels_that_took_effect)
 	cr_assert_eq(cancelled_count(s), 2);
 	close(p[0]);
 	close(p[1]);
+	/* Its final event before the delegate on this stack goes out of scope. */
+	ura_session_invalidate_and_cancel(s);
+	cr_assert_eq(ura_loop_run(loop), 0);
 	ura_session_unref(s);
 }
 

@@ -398,17 +398,17 @@ static void print_header(enum row_kind kind)
 {
 	switch (kind) {
 	case ROW_TIME:
-		printf("\n%-7s %-16s %-13s %11s %10s %13s %9s  %s\n", "suite", "parameter",
+		printf("\n%-8s %-16s %-13s %11s %10s %13s %9s  %s\n", "suite", "parameter",
 		       "contender", "ns/op (med)", "ratio(med)", "min..max", "cpu ratio",
 		       "ratio is");
 		break;
 	case ROW_RATE:
-		printf("\n%-7s %-17s %-13s %11s %10s %13s %11s %9s %8s %8s  %s\n", "suite",
+		printf("\n%-8s %-17s %-13s %11s %10s %13s %11s %9s %8s %8s  %s\n", "suite",
 		       "parameter", "contender", "req/s (med)", "ratio(med)", "min..max",
 		       "srv cpu/req", "cpu ratio", "p50 us", "p99 us", "ratio is");
 		break;
 	case ROW_VALUE:
-		printf("\n%-7s %-22s %-22s %10s %-10s %17s %10s %13s  %s\n", "suite",
+		printf("\n%-8s %-22s %-22s %10s %-10s %17s %10s %13s  %s\n", "suite",
 		       "parameter", "contender", "value(med)", "unit", "min..max",
 		       "ratio(med)", "min..max", "ratio is");
 		break;
@@ -420,14 +420,14 @@ static void print_row(const struct row *w)
 	char a[32], b[32], c[32], d[32], e[32], f[32];
 	switch (w->kind) {
 	case ROW_TIME:
-		printf("%-7s %-16s %-13s %11.1f %10s %6s..%-6s %9s  %s\n", w->suite, w->param,
+		printf("%-8s %-16s %-13s %11.1f %10s %6s..%-6s %9s  %s\n", w->suite, w->param,
 		       w->contender, w->ns_per_op, num(a, sizeof(a), 3, w->ratio_med),
 		       num(b, sizeof(b), 3, w->ratio_min),
 		       num(c, sizeof(c), 3, w->ratio_max),
 		       num(d, sizeof(d), 3, w->cpu_ratio_med), w->ratio_of);
 		break;
 	case ROW_RATE:
-		printf("%-7s %-17s %-13s %11.0f %10s %6s..%-6s %8.0f ns %9s %8s %8s  %s\n",
+		printf("%-8s %-17s %-13s %11.0f %10s %6s..%-6s %8.0f ns %9s %8s %8s  %s\n",
 		       w->suite, w->param, w->contender, w->rate,
 		       num(a, sizeof(a), 3, w->ratio_med),
 		       num(b, sizeof(b), 3, w->ratio_min),
@@ -446,7 +446,7 @@ static void print_row(const struct row *w)
 			e[0] = '\0';
 		else
 			snprintf(e, sizeof(e), "%.3f..%.3f", w->ratio_min, w->ratio_max);
-		printf("%-7s %-22s %-22s %10s %-10s %17s %10s %13s  %s\n", w->suite, w->param,
+		printf("%-8s %-22s %-22s %10s %-10s %17s %10s %13s  %s\n", w->suite, w->param,
 		       w->contender, num(a, sizeof(a), 1, w->value), w->unit, b,
 		       isnan(w->ratio_med) ? "" : num(d, sizeof(d), 3, w->ratio_med), e,
 		       w->ratio_of);

@@ -154,5 +154,6 @@ int bench_cancel(const struct bench_opts *opts); /* cancel.c */
 int bench_echo(const struct bench_opts *opts);   /* echo.c */
 int bench_rpc(const struct bench_opts *opts);    /* rpc.c */
 int bench_memory(const struct bench_opts *opts); /* memory.c */
+int bench_overload(const struct bench_opts *opts); /* overload.c */
 
 #endif

@@ -50,6 +50,8 @@ static int run(const char *name, const char *arg)
 			return echo_child(arg, echo[i].serve);
 	if (strcmp(name, "rpc") == 0)
 		return rpc_serve(arg);
+	if (strcmp(name, "overload-flood") == 0)
+		return overload_flood_serve(arg);
 	if (strncmp(name, "memory-", 7) == 0) {
 		unsigned long n;
 		if (parse_num(arg, &n) < 0)

@@ -1,5 +1,6 @@
 /*
- * The child processes of the echo, rpc and memory suites: ura-bench runs itself as
+ * The child processes of the echo, rpc, memory and overload suites: ura-bench runs
+ * itself as
  *   ura-bench serve <name> <arg>
  * (a hidden subcommand), so that a server's CPU time and a probe's memory are its own.
  */
@@ -18,5 +19,9 @@ int rpc_serve(const char *address);
 int memory_probe(const char *how, unsigned long n);
 /* The kernel's slab memory in bytes, machine-wide (/proc/meminfo); -1 if unknown. */
 long long memory_slab_bytes(void);
+
+/* overload.c: a submit flood, arg "threads:window_ms:warm_ms"; writes its figures
+ * ("window_done=... hwm_kb=...") on one line. */
+int overload_flood_serve(const char *arg);
 
 #endif

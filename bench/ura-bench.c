@@ -1,14 +1,14 @@
 /*
  * ura-bench: ura against raw liburing and the usual alternatives.
  *
- *   ura-bench nop|cancel|echo|rpc|memory|all [--quick] [--rounds N] [--json FILE]
+ *   ura-bench nop|cancel|echo|rpc|memory|overload|all [--quick] [--rounds N] [--json FILE]
  *
  * Results are ratios (the median of per-round ratios, see bench_util.h), printed as a
  * table on stdout; progress goes to stderr. Nothing here passes or fails on a timing:
  * the exit status reports only errors (bad usage, a failed or incorrect run).
  *
- * `ura-bench serve <name> <arg>` (not listed in the usage) is how the echo, rpc and
- * memory suites start their child processes (serve.h).
+ * `ura-bench serve <name> <arg>` (not listed in the usage) is how the echo, rpc, memory
+ * and overload suites start their child processes (serve.h).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -21,20 +21,23 @@
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: ura-bench nop|cancel|echo|rpc|memory|all [--quick] [--rounds N] "
+		"usage: ura-bench nop|cancel|echo|rpc|memory|overload|all [--quick] [--rounds N] "
 		"[--json FILE]\n"
 		"  nop       ura NOP tasks vs raw liburing NOPs, batches 1, 32, 128\n"
 		"  cancel    invalidate_and_cancel on N live tasks vs raw ASYNC_CANCEL\n"
 		"  echo      TCP echo servers on loopback: ura, raw liburing, epoll, libuv\n"
 		"  rpc       ura connections: request/reply rate and latency, unix vs tcp\n"
 		"  memory    bytes per in-flight task (1M timeouts) vs libuv's structs\n"
+		"  overload  submit flood from 1, 2, 4 threads (rate, peak RSS), a never-reading\n"
+		"            rpc client (server peak RSS), NOPs behind 1000/20000 pending flushes\n"
 		"  all       every suite\n"
 		"  --quick   smaller workloads and %d rounds (all suites in about a minute)\n"
 		"  --rounds  timed rounds per measurement (default %d, at least %d)\n"
 		"  --json    also write the results to FILE\n"
 		"Ratios are medians of per-round ratios ura / contender: of time per op (nop,\n"
 		"cancel), of requests/s and server CPU per request (echo, rpc), of bytes\n"
-		"(memory).\n",
+		"(memory); overload reports flooded/unloaded rates, MiB, and time ratios N\n"
+		"pending / none.\n",
 		BENCH_MIN_ROUNDS, BENCH_DEFAULT_ROUNDS, BENCH_MIN_ROUNDS);
 }
 
@@ -47,6 +50,7 @@ static const struct {
 	{ "echo", bench_echo },
 	{ "rpc", bench_rpc },
 	{ "memory", bench_memory },
+	{ "overload", bench_overload },
 };
 
 static bool is_suite(const char *a)
@@ -105,7 +109,7 @@ int main(int argc, char **argv)
 	printf("ura-bench %s: %d rounds%s, contenders interleaved in every round; ratio = median\n"
 	       "over rounds of the per-round ratio ura / contender, of: time per op (nop, cancel:\n"
 	       "wall, min..max, and the thread's CPU time as cpu ratio), requests/s and server\n"
-	       "CPU per request (echo, rpc), bytes per task (memory)\n",
+	       "CPU per request (echo, rpc), bytes per task (memory); overload: see its notes\n",
 	       suite, opts.rounds, opts.quick ? ", quick" : "");
 
 	bool all = strcmp(suite, "all") == 0;

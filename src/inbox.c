@@ -20,7 +20,10 @@
  * consumer. Release in take with acquire in push: a push that finds the inbox empty
  * (it read the NULL a take wrote) comes after everything the consumer did before that
  * take, so a producer may reuse a node the consumer has finished with (conn.c's embedded
- * drain command) without a race on its link.
+ * drain command) without a race on its link. The push is seq_cst, not only acq_rel: it
+ * is the store half of the loop's sleep/wakeup pairing (loop.c, "Wakeup"), which needs
+ * the push, the producer's read of `sleeping`, the loop's store to it and its last look
+ * at the inbox in one total order.
  */
 #include "inbox.h"
 
@@ -30,7 +33,7 @@ bool ura__inbox_push(struct ura__inbox *ib, struct ura__inbox_node *n)
 	do {
 		n->next = old;
 	} while (!atomic_compare_exchange_weak_explicit(&ib->head, &old, n,
-							memory_order_acq_rel,
+							memory_order_seq_cst,
 							memory_order_relaxed));
 	return old == NULL;
 }

@@ -22,6 +22,12 @@ bool ura__inbox_push(struct ura__inbox *ib, struct ura__inbox_node *n);
 /* Takes every node pushed so far, oldest first (a NULL-terminated list). Loop thread. */
 struct ura__inbox_node *ura__inbox_take(struct ura__inbox *ib);
 
+/* The consumer's last look before it sleeps: seq_cst (loop.c, "Wakeup"). */
+static inline bool ura__inbox_empty_before_sleep(struct ura__inbox *ib)
+{
+	return atomic_load_explicit(&ib->head, memory_order_seq_cst) == NULL;
+}
+
 static inline bool ura__inbox_empty(struct ura__inbox *ib)
 {
 	return atomic_load_explicit(&ib->head, memory_order_relaxed) == NULL;

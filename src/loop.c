@@ -14,7 +14,12 @@
  *
  * Wakeup: an eventfd with a read always armed in the ring (user_data URA__TAG_WAKE).
  * A thread that pushes onto an empty inbox writes the eventfd (see inbox.c for why that
- * is enough).
+ * is enough), but only while the loop sleeps: a busy loop takes the inbox anyway, and the
+ * write is a syscall per push when the loop keeps the inbox empty. The loop stores
+ * `sleeping`, then looks at the inbox once more before it blocks; a producer pushes,
+ * then reads `sleeping`. All four are seq_cst, so they fall in one total order and at
+ * least one side sees the other's store: the loop finds the command and does not block,
+ * or the producer finds it sleeping and writes the eventfd.
  */
 #include <errno.h>
 #include <stdatomic.h>
@@ -278,7 +283,10 @@ void ura__loop_wake(ura_loop *loop)
 
 void ura__loop_send(ura_loop *loop, struct ura__cmd *cmd)
 {
-	if (ura__inbox_push(&loop->inbox, &cmd->node) && !ura__on_loop(loop))
+	if (!ura__inbox_push(&loop->inbox, &cmd->node) || ura__on_loop(loop))
+		return; /* an earlier push has the wakeup in hand, or this is the loop */
+	/* seq_cst: the load half of the producer's side (see "Wakeup" above). */
+	if (atomic_load_explicit(&loop->sleeping, memory_order_seq_cst))
 		ura__loop_wake(loop);
 }
 
@@ -541,7 +549,15 @@ URA__HOT static int iterate(ura_loop *loop, bool wait, const struct __kernel_tim
 	/* Having run commands, an iteration normally returns without blocking; but cancels
 	 * it just issued complete promptly, so waiting for them now saves a round trip. */
 	bool block = wait && (!handled || wait_count(loop) > 1) && !must_not_block(loop);
+	bool announced = block;
+	if (block) {
+		/* seq_cst: the store half of the loop's side (see "Wakeup"). */
+		atomic_store_explicit(&loop->sleeping, true, memory_order_seq_cst);
+		block = ura__inbox_empty_before_sleep(&loop->inbox);
+	}
 	int r = enter(loop, block, timeout);
+	if (announced) /* Relaxed: only producers' wakeup decisions read it. */
+		atomic_store_explicit(&loop->sleeping, false, memory_order_relaxed);
 	if (r == 0)
 		handled += reap(loop);
 	loop->running--;

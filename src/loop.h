@@ -102,6 +102,9 @@ struct ura_loop {
 	/* Cross-thread commands. */
 	_Alignas(64) struct ura__inbox inbox;
 	struct ura__inbox_node *inbox_rest; /* taken, not yet run: the next slice's start */
+	/* The loop thread is in (or about to enter) a blocking io_uring_enter: only then
+	 * does a push onto the empty inbox need the eventfd (loop.c, "Wakeup"). */
+	_Atomic bool sleeping;
 	unsigned cmd_slice;                 /* commands run per iteration at most */
 	int wake_fd;
 	uint64_t wake_buf;

@@ -199,9 +199,20 @@ int64_t ura__registry_alloc_shared(struct ura__registry *r)
 	return idx < 0 ? grow(r) : idx;
 }
 
+#define URA__SPILL_BATCH 64u
+
 void ura__registry_spill(struct ura__registry *r, uint32_t index, struct ura__slot *s)
 {
-	shared_push_chain(r, index, s);
+	/* Relaxed: the chain is the loop thread's own until the release push below. */
+	atomic_store_explicit(&s->next, r->spill_head, memory_order_relaxed);
+	if (!r->spill_head)
+		r->spill_tail = index;
+	r->spill_head = index + 1;
+	if (++r->spill_count < URA__SPILL_BATCH)
+		return;
+	shared_push_chain(r, r->spill_head - 1, ura__registry_slot_at(r, r->spill_tail));
+	r->spill_head = 0;
+	r->spill_count = 0;
 }
 
 /*

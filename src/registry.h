@@ -107,6 +107,12 @@ struct ura__registry {
 	/* Loop-thread free cache: no atomics needed, only the loop thread touches it. */
 	_Alignas(64) uint32_t local_head; /* index + 1, 0 = empty */
 	uint32_t local_count;
+	/* Slots freed while the cache is full, pushed to the shared stack in one CAS per
+	 * URA__SPILL_BATCH (registry.c): one contended CAS per slot was measurable when
+	 * other threads allocate as fast as the loop frees. */
+	uint32_t spill_head;  /* index + 1 of the newest, 0 = none */
+	uint32_t spill_tail;  /* index of the oldest: the chain's last link */
+	uint32_t spill_count;
 };
 
 /* Reserves the address space (all of it, or under RLIMIT_AS an eighth of what the limit
@@ -146,7 +152,8 @@ static inline struct ura__slot *ura__registry_slot(struct ura__registry *r, uint
 
 /* The shared stack and growth, behind ura__registry_alloc. */
 int64_t ura__registry_alloc_shared(struct ura__registry *r);
-/* Pushes one freed slot onto the shared stack (the local cache is full). Loop thread. */
+/* Gives one freed slot to the shared stack, in batches (the local cache is full). Loop
+ * thread. */
 void ura__registry_spill(struct ura__registry *r, uint32_t index, struct ura__slot *s);
 
 /* Allocates a slot from any thread (on_loop: the caller is the loop thread, which may use

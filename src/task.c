@@ -192,7 +192,10 @@ static int submit_remote(ura_session *s, ura_loop *loop, const struct io_uring_s
 			 void *arg, ura_task *out)
 {
 	/* The loop's bound on work queued by other threads (ura_loop_config.max_queued).
-	 * Relaxed: a count, not a publication. */
+	 * Relaxed: a count, not a publication. A plain read first: a producer retrying
+	 * against a full queue then only reads the line the loop writes. */
+	if (atomic_load_explicit(&loop->queued, memory_order_relaxed) >= loop->max_queued)
+		return -EAGAIN;
 	if (atomic_fetch_add_explicit(&loop->queued, 1, memory_order_relaxed) >= loop->max_queued) {
 		atomic_fetch_sub_explicit(&loop->queued, 1, memory_order_relaxed);
 		return -EAGAIN;

@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -452,4 +453,71 @@ Test(stress, shared_session_walks_racing_other_threads, .timeout = 300)
 {
 	for (int round = 0; round < 5; round++)
 		walk_round();
+}
+
+/* ---- the wakeup: a loop that sleeps between sporadic submits from other threads never
+ * misses one (loop.c "Wakeup": producers write the eventfd only while it sleeps) */
+
+struct pinger {
+	ura_loop *loop;
+	_Atomic uint64_t done;
+	_Atomic bool quit, lost;
+	uint64_t sent;
+};
+
+static void ping_done(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg)
+{
+	(void)s, (void)t, (void)res, (void)flags;
+	atomic_fetch_add(&((struct pinger *)arg)->done, 1);
+}
+
+static void *ping_main(void *arg)
+{
+	struct pinger *p = arg;
+	ura_session *sh = ura_session_shared(p->loop);
+	for (unsigned i = 0; i < 20000 && !atomic_load(&p->quit); i++) {
+		/* One at a time: each finds the loop idle, most often asleep in the kernel. */
+		uint64_t want = atomic_load(&p->done) + 1;
+		int r;
+		while ((r = ura_nop(sh, ping_done, p, NULL)) == -EAGAIN)
+			sched_yield();
+		cr_assert_eq(r, 0);
+		p->sent++;
+		for (uint64_t t0 = th_now_ms(); atomic_load(&p->done) < want;) {
+			if (atomic_load(&p->quit))
+				return NULL;
+			if (th_now_ms() - t0 > 10000) { /* lost: stop the loop, which then fails */
+				atomic_store(&p->lost, true);
+				ura_loop_stop(p->loop);
+				return NULL;
+			}
+			if (i % 3 == 0)
+				sched_yield();
+		}
+	}
+	return NULL;
+}
+
+Test(stress, sporadic_submits_always_wake_the_sleeping_loop, .timeout = 300)
+{
+	struct pinger p = { 0 };
+	cr_assert_eq(ura_loop_new(NULL, &p.loop), 0);
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, ping_main, &p), 0);
+	struct th_watchdog w;
+	cr_assert_eq(th_watchdog_start(&w, p.loop, 120000), 0);
+	/* The loop blocks whenever it has nothing to do; only the eventfd wakes it. */
+	for (uint64_t t0 = th_now_ms(); atomic_load(&p.done) < 20000 && !atomic_load(&p.lost) &&
+					th_now_ms() - t0 < 120000;) {
+		int r = ura_loop_run_once(p.loop, true);
+		cr_assert_geq(r, 0);
+	}
+	bool fired = th_watchdog_end(&w);
+	atomic_store(&p.quit, true);
+	pthread_join(th, NULL);
+	cr_assert(!fired && !atomic_load(&p.lost),
+		  "a submit was left in the inbox while the loop slept: %lu of %lu done",
+		  (unsigned long)atomic_load(&p.done), (unsigned long)p.sent);
+	cr_assert_eq(atomic_load(&p.done), 20000);
+	ura_loop_free(p.loop);
 }

@@ -416,7 +416,8 @@ static void hold_request(ura_conn *c, ura_msg *m)
 }
 
 /* Takes m out of the set: 0 (its transaction is the caller's to end or move), -ENOTCONN
- * if its peer is gone (transaction already ended), -EINVAL if unknown or answered. */
+ * if its peer is gone (transaction already ended), -EINVAL if unknown or answered. With
+ * epoch (a reply), a request taken live counts as being answered until answer_done. */
 static int take_request(ura_conn *c, const ura_msg *m, uint32_t *epoch)
 {
 	int r = -EINVAL;
@@ -428,6 +429,7 @@ static int take_request(ura_conn *c, const ura_msg *m, uint32_t *epoch)
 		if (c->unanswered[i].msg == m) {
 			r = c->unanswered[i].stale ? -ENOTCONN : 0;
 			c->unanswered[i] = c->unanswered[--c->n_unanswered];
+			c->answering += r == 0 && epoch;
 			break;
 		}
 	}
@@ -452,10 +454,26 @@ static void request_released(ura_msg *m, void *arg)
 	release(c); /* the reference the request held */
 }
 
+/* A reply from take_request has been accepted or refused: a half-closed connection that
+ * waited for it may end now. */
+static void answer_done(ura_conn *c)
+{
+	pthread_mutex_lock(&c->lock);
+	c->answering--;
+	pthread_mutex_unlock(&c->lock);
+	/* Relaxed: the lock orders it. The loop sets half_closed before it counts open
+	 * requests under the lock; if it counted ours, our unlock comes after its lock, so
+	 * we see the flag and poke. */
+	if (atomic_load_explicit(&c->half_closed, memory_order_relaxed))
+		ura__conn_poke(c);
+}
+
 size_t ura__conn_requests_open(ura_conn *c)
 {
-	size_t n = 0;
 	pthread_mutex_lock(&c->lock);
+	/* A reply on its way from take_request to the send queue is still open: between
+	 * the two nothing else shows it. */
+	size_t n = c->answering;
 	for (size_t i = 0; i < c->n_unanswered; i++)
 		n += !c->unanswered[i].stale;
 	pthread_mutex_unlock(&c->lock);
@@ -972,6 +990,8 @@ int ura_conn_reply(ura_conn *c, ura_msg *request, ura_msg *reply)
 	r = send_common(c, reply, URA__FRAME_IS_REPLY, ura__msg_id(request), epoch, NULL, NULL);
 	if (r < 0)
 		ura_transaction_end(c->loop); /* the reply will never be written */
+	/* Accepted, it is counted in posting now, which a half-closed end waits for too. */
+	answer_done(c);
 	return r;
 }
 

@@ -101,6 +101,8 @@ struct ura_conn {
 	pthread_mutex_t lock;
 	struct ura__request *unanswered;
 	size_t n_unanswered, cap_unanswered;
+	size_t answering;               /* replies between take_request and the send queue */
+	_Atomic bool half_closed;       /* set once the peer's end of stream was seen */
 	size_t wm_low_set, wm_high_set; /* the watermarks as last set; the poke copies them */
 
 	/* Asks the loop thread to look at the connection again (conn_flow.c): embedded, so

@@ -128,6 +128,9 @@ static void on_close_timer(ura_session *s, ura_task t, int32_t res, uint32_t fla
 void ura__conn_half_closed(ura_conn *c)
 {
 	c->state = URA__CONN_CLOSING;
+	/* Relaxed: c->lock orders it against answer_done (conn.c), which pokes once it sees
+	 * it; the closing check below takes that lock after this store. */
+	atomic_store_explicit(&c->half_closed, true, memory_order_relaxed);
 	/* A task of the connection's session: its end cancels the timer. */
 	if (ura_timeout(c->io, c->close_timeout_ns, on_close_timer, c, NULL) < 0) {
 		ura__conn_invalidate(c, "peer closed"); /* the wait could not be bounded */

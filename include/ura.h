@@ -357,7 +357,10 @@ typedef void (*ura_event_fn)(ura_conn *c, const struct ura_event *ev, void *ctx)
 typedef void (*ura_accept_fn)(ura_listener *l, ura_conn *peer, void *ctx);
 
 /* Adopts a connected stream socket (the connection closes it; on an error the caller
- * keeps it). Inactive until ura_conn_activate. The caller owns one reference. Returns 0,
+ * keeps it). Inactive until ura_conn_activate. When its peer shuts down its sending side
+ * (end of stream), the connection still writes everything it accepted and waits for the
+ * requests it received to be answered or released, at most 30 s, then closes and ends
+ * (INVALID, reason "peer closed"). The same holds for accepted connections. The caller owns one reference. Returns 0,
  * -EINVAL (loop or out NULL, fd negative), -ESHUTDOWN (the loop is being or was freed),
  * -ENOMEM. Any thread. */
 int ura_conn_new(ura_loop *loop, int fd, ura_conn **out);
@@ -374,6 +377,14 @@ int ura_conn_set_event_handler(ura_conn *c, ura_event_fn fn, void *ctx);
 /* Largest frame payload accepted or sent (default 16 MiB); before activation. Returns 0,
  * -EINVAL (c NULL, bytes 0), -EBUSY (already activated). */
 int ura_conn_set_max_frame(ura_conn *c, uint32_t bytes);
+/* Output watermarks, in bytes of queued output (frames accepted by send, send_with_reply
+ * and reply and not yet written to the socket). Past high the connection stops reading
+ * its socket (what the peer sends waits in the kernel, so a peer that never reads
+ * cannot make the connection's memory grow without bound); once the queued output is at
+ * or under low it reads again. Sends are never refused for being over the mark.
+ * Defaults: low 1 MiB, high 4 MiB. Before or after activation; takes effect on a later
+ * loop iteration. Returns 0, -EINVAL (c NULL, high 0, low over high). Any thread. */
+int ura_conn_set_watermarks(ura_conn *c, size_t low, size_t high);
 /* Starts delivery; again is a no-op. Any thread. */
 void ura_conn_activate(ura_conn *c);
 /* Counted: no handler runs and nothing is sent while suspended. Resume on an inactive

@@ -99,6 +99,9 @@ static int conn_alloc(ura_loop *loop, ura_conn **out)
 	c->fd = -1;
 	c->max_frame = URA__FRAME_MAX_PAYLOAD_DEFAULT;
 	c->next_id = 1;
+	c->wm_low = c->wm_low_set = URA__CONN_WM_LOW_DEFAULT;
+	c->wm_high = c->wm_high_set = URA__CONN_WM_HIGH_DEFAULT;
+	c->close_timeout_ns = URA__CONN_CLOSE_TIMEOUT_NS;
 	/* The caller's reference, and the runtime's until the final event. */
 	atomic_init(&c->refs, 2);
 	atomic_init(&c->user_refs, 1);
@@ -413,7 +416,8 @@ static void hold_request(ura_conn *c, ura_msg *m)
 }
 
 /* Takes m out of the set: 0 (its transaction is the caller's to end or move), -ENOTCONN
- * if its peer is gone (transaction already ended), -EINVAL if unknown or answered. */
+ * if its peer is gone (transaction already ended), -EINVAL if unknown or answered. With
+ * epoch (a reply), a request taken live counts as being answered until answer_done. */
 static int take_request(ura_conn *c, const ura_msg *m, uint32_t *epoch)
 {
 	int r = -EINVAL;
@@ -425,8 +429,15 @@ static int take_request(ura_conn *c, const ura_msg *m, uint32_t *epoch)
 		if (c->unanswered[i].msg == m) {
 			r = c->unanswered[i].stale ? -ENOTCONN : 0;
 			c->unanswered[i] = c->unanswered[--c->n_unanswered];
+			c->answering += r == 0 && epoch;
 			break;
 		}
+	}
+	if (c->n_unanswered == 0 && c->cap_unanswered > 64) {
+		/* A burst is over: give its memory back rather than keep the peak. */
+		ura__free(c->unanswered);
+		c->unanswered = NULL;
+		c->cap_unanswered = 0;
 	}
 	pthread_mutex_unlock(&c->lock);
 	return r;
@@ -436,9 +447,37 @@ static int take_request(ura_conn *c, const ura_msg *m, uint32_t *epoch)
 static void request_released(ura_msg *m, void *arg)
 {
 	ura_conn *c = arg;
-	if (take_request(c, m, NULL) == 0)
+	if (take_request(c, m, NULL) == 0) {
 		ura_transaction_end(c->loop);
+		ura__conn_poke(c); /* a half-closed connection may wait for no more */
+	}
 	release(c); /* the reference the request held */
+}
+
+/* A reply from take_request has been accepted or refused: a half-closed connection that
+ * waited for it may end now. */
+static void answer_done(ura_conn *c)
+{
+	pthread_mutex_lock(&c->lock);
+	c->answering--;
+	pthread_mutex_unlock(&c->lock);
+	/* Relaxed: the lock orders it. The loop sets half_closed before it counts open
+	 * requests under the lock; if it counted ours, our unlock comes after its lock, so
+	 * we see the flag and poke. */
+	if (atomic_load_explicit(&c->half_closed, memory_order_relaxed))
+		ura__conn_poke(c);
+}
+
+size_t ura__conn_requests_open(ura_conn *c)
+{
+	pthread_mutex_lock(&c->lock);
+	/* A reply on its way from take_request to the send queue is still open: between
+	 * the two nothing else shows it. */
+	size_t n = c->answering;
+	for (size_t i = 0; i < c->n_unanswered; i++)
+		n += !c->unanswered[i].stale;
+	pthread_mutex_unlock(&c->lock);
+	return n;
 }
 
 /* The peer is gone: every live request ends its transaction; stale ones stay known so
@@ -519,14 +558,19 @@ static void set_reason(ura_conn *c, const char *reason)
 	publish_reason(c, c->reason_buf);
 }
 
+void ura__conn_refuse_sends(ura_conn *c, const char *reason)
+{
+	set_reason(c, reason);
+	/* seq_cst: the store half of send_common's Dekker pairing. */
+	atomic_store_explicit(&c->cancelled, true, memory_order_seq_cst);
+}
+
 void ura__conn_invalidate(ura_conn *c, const char *reason)
 {
 	if (c->state >= URA__CONN_CANCELLING)
 		return;
-	set_reason(c, reason);
 	c->state = URA__CONN_CANCELLING;
-	/* seq_cst: the store half of send_common's Dekker pairing. */
-	atomic_store_explicit(&c->cancelled, true, memory_order_seq_cst);
+	ura__conn_refuse_sends(c, reason);
 	ura__conn_drop_unsent(c);
 	/* Every task of the connection is cancelled; the session's final event (a later
 	 * iteration, after every terminal call) finishes the job in io_session_invalid. */
@@ -558,6 +602,11 @@ void ura__conn_peer_gone(ura_conn *c, int err)
 	void *partial = ura__frame_decoder_reset(&c->dec);
 	if (partial)
 		ura_msg_unref(ura__msg_of_data(partial));
+	/* What the old peer sent and was not decoded goes with it. */
+	ura__conn_drop_pending(c);
+	c->eof_seen = false;
+	c->recv_err = 0;
+	ura__conn_flow_check(c);
 	fail_replies(c, URA_ERROR_CONNECTION_INTERRUPTED);
 	error_event(c, NULL, NULL, URA_ERROR_CONNECTION_INTERRUPTED);
 	ura__conn_close_fd_if_idle(c);
@@ -669,6 +718,7 @@ static void io_session_invalid(ura_session *s, int error, void *ctx)
 	count_active(c, true);
 	ura__conn_close_fd_if_idle(c);
 	ura__conn_drop_unsent(c);
+	ura__conn_drop_pending(c);
 	void *partial = ura__frame_decoder_reset(&c->dec);
 	if (partial)
 		ura_msg_unref(ura__msg_of_data(partial));
@@ -733,9 +783,11 @@ static void op_send(ura_conn *c, struct op *op)
 	else
 		c->out_head = o;
 	c->out_tail = o;
+	c->out_bytes += ura__frame_size(ura_msg_len(o->msg));
 	if (c->state == URA__CONN_DISCONNECTED && c->fd < 0)
 		ura__conn_start_connect(c);
 	ura__conn_kick_writer(c);
+	ura__conn_flow_check(c); /* accepted whatever the mark: only reading stops */
 }
 
 /* A send has left the send queue; the last one lets a final event that waited for them
@@ -765,6 +817,7 @@ static void run_op(void *arg)
 	}
 	if (op->counted)
 		posting_done(c);
+	ura__conn_closing_check(c); /* a half-closed connection may wait for this op */
 	release(c);
 	ura__free(op);
 }
@@ -937,6 +990,8 @@ int ura_conn_reply(ura_conn *c, ura_msg *request, ura_msg *reply)
 	r = send_common(c, reply, URA__FRAME_IS_REPLY, ura__msg_id(request), epoch, NULL, NULL);
 	if (r < 0)
 		ura_transaction_end(c->loop); /* the reply will never be written */
+	/* Accepted, it is counted in posting now, which a half-closed end waits for too. */
+	answer_done(c);
 	return r;
 }
 

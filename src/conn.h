@@ -19,6 +19,12 @@
 #define URA__CONN_BUFS 256
 #define URA__CONN_BUF_SIZE 16384
 #define URA__CONN_REASON_MAX 192  /* longest reason kept (longer ones are cut) */
+/* Output watermarks (ura_conn_set_watermarks): past the high mark of queued output the
+ * connection stops reading; at or under the low one it reads again. */
+#define URA__CONN_WM_HIGH_DEFAULT ((size_t)4 << 20)
+#define URA__CONN_WM_LOW_DEFAULT ((size_t)1 << 20)
+/* How long a connection whose peer half-closed may take to write what it accepted. */
+#define URA__CONN_CLOSE_TIMEOUT_NS (30ull * 1000 * 1000 * 1000)
 
 /* A message waiting to be written, framed. */
 struct ura__out {
@@ -55,6 +61,7 @@ enum ura__conn_state {
 	URA__CONN_INACTIVE,     /* created, not activated */
 	URA__CONN_CONNECTING,   /* client: connect in flight */
 	URA__CONN_OPEN,         /* receiving and sending */
+	URA__CONN_CLOSING,      /* the peer half-closed: writing what was accepted, then done */
 	URA__CONN_DISCONNECTED, /* client whose peer left: the next send reconnects */
 	URA__CONN_CANCELLING,   /* its I/O session is being invalidated */
 	URA__CONN_DONE,         /* final event delivered (or waiting for resume to be) */
@@ -94,6 +101,14 @@ struct ura_conn {
 	pthread_mutex_t lock;
 	struct ura__request *unanswered;
 	size_t n_unanswered, cap_unanswered;
+	size_t answering;               /* replies between take_request and the send queue */
+	_Atomic bool half_closed;       /* set once the peer's end of stream was seen */
+	size_t wm_low_set, wm_high_set; /* the watermarks as last set; the poke copies them */
+
+	/* Asks the loop thread to look at the connection again (conn_flow.c): embedded, so
+	 * it cannot fail, and in the loop's inbox at most once (poke_queued). */
+	struct ura__cmd poke_cmd;
+	_Atomic bool poke_queued;
 
 	/* Loop thread only. */
 	enum ura__conn_state state;
@@ -118,6 +133,20 @@ struct ura_conn {
 	bool active_counted;         /* counted in loop->active_handles */
 	bool final_held;             /* counted in loop->finals_held */
 	bool draining;               /* drain_sends is running (conn.c) */
+
+	/* Flow control (conn_flow.c). Loop thread only. */
+	size_t wm_low, wm_high;      /* the watermarks in force */
+	size_t out_bytes;            /* whole frames from out_head to out_tail */
+	bool read_paused;            /* queued output went over the high mark */
+	bool recv_cancelling;        /* the armed recv was cancelled to stop reading */
+	ura_task recv_task;
+	/* Received but not decoded: reading stopped in the middle of a chunk, or a chunk
+	 * came after (the cancelled recv's last ones). Freed once decoded. */
+	unsigned char *pend;
+	size_t pend_off, pend_len, pend_cap;
+	bool eof_seen;               /* the recv ended at end of stream; acted on once pend is fed */
+	int recv_err;                /* the recv ended with this error; likewise */
+	uint64_t close_timeout_ns;   /* the wait of a half-closed connection */
 };
 
 /* Loop-thread entry points shared by conn.c and conn_io.c. */
@@ -133,6 +162,11 @@ bool ura__conn_is_live(const ura_conn *c);
 void ura__conn_retain(ura_conn *c);
 void ura__conn_release(ura_conn *c);
 
+/* From here sends are refused (-ESHUTDOWN): reason first, then cancelled. */
+void ura__conn_refuse_sends(ura_conn *c, const char *reason);
+/* Requests received and neither answered nor released. Any thread. */
+size_t ura__conn_requests_open(ura_conn *c);
+
 /* conn_io.c */
 void ura__conn_start_io(ura_conn *c);
 void ura__conn_start_connect(ura_conn *c);
@@ -140,7 +174,29 @@ void ura__conn_kick_writer(ura_conn *c);
 void ura__conn_drop_unsent(ura_conn *c);
 void ura__conn_free_out(struct ura__out *o);
 void ura__conn_close_fd_if_idle(ura_conn *c);
+/* Reading on: feeds what was kept, then acts on the recv's end or arms a new one. */
+void ura__conn_pump_input(ura_conn *c);
+/* Reading off: cancels the armed recv (what it still brings is kept). */
+void ura__conn_stop_recv(ura_conn *c);
+void ura__conn_drop_pending(ura_conn *c);
 /* Frees the loop's shared receive buffers (ura_loop_free, after the drain). */
 void ura__conn_loop_cleanup(ura_loop *loop);
+
+/* conn_flow.c: watermarks and the half-closed end. Loop thread unless noted. */
+/* Bytes of frames accepted and not yet written (on the loop thread; sends still in the
+ * send queue come when it drains). */
+size_t ura__conn_queued_bytes(const ura_conn *c);
+/* A recv is armed: the connection reads its socket. */
+bool ura__conn_reading(const ura_conn *c);
+/* Stops reading past the high mark, resumes at or under the low one. */
+void ura__conn_flow_check(ura_conn *c);
+/* The peer of an adopted connection half-closed: write what was accepted, then end. */
+void ura__conn_half_closed(ura_conn *c);
+/* A half-closed connection ends once nothing accepted is left to write. */
+void ura__conn_closing_check(ura_conn *c);
+/* Any thread: the loop thread runs the checks above on a later iteration. */
+void ura__conn_poke(ura_conn *c);
+/* For tests: a shorter wait for a half-closed connection. Before activation. */
+void ura__conn_set_close_timeout(ura_conn *c, uint64_t ns);
 
 #endif

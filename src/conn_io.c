@@ -57,7 +57,7 @@ static void arm_recv(ura_conn *c)
 		ura__conn_invalidate(c, "no memory for receive buffers");
 		return;
 	}
-	int r = ura_recv_multishot(c->io, c->fd, br, 0, on_recv, c, NULL);
+	int r = ura_recv_multishot(c->io, c->fd, br, 0, on_recv, c, &c->recv_task);
 	if (r < 0) {
 		char why[64];
 		snprintf(why, sizeof(why), "recv: %s", strerror(-r));
@@ -65,14 +65,59 @@ static void arm_recv(ura_conn *c)
 		return;
 	}
 	c->recv_live = true;
+	c->recv_cancelling = false;
 	c->tasks_on_fd++;
 }
 
-/* Feeds one received chunk to the decoder; each complete frame goes to the state
- * machine. A payload that straddles chunks is gathered into a message's own buffer. */
-static void feed(ura_conn *c, const unsigned char *p, size_t len)
+void ura__conn_stop_recv(ura_conn *c)
 {
-	while (c->state == URA__CONN_OPEN) {
+	if (!c->recv_live || c->recv_cancelling)
+		return;
+	c->recv_cancelling = true;
+	/* Its terminal call comes on a later iteration; data it brings before that is kept
+	 * (keep_input), the rest stays in the socket. */
+	(void)ura_task_cancel(c->io, c->recv_task);
+}
+
+void ura__conn_drop_pending(ura_conn *c)
+{
+	ura__free(c->pend);
+	c->pend = NULL;
+	c->pend_off = c->pend_len = c->pend_cap = 0;
+}
+
+/* Keeps received bytes that reading stopped before decoding. 0 or -ENOMEM. */
+static int keep_input(ura_conn *c, const unsigned char *p, size_t len)
+{
+	if (c->pend_off + c->pend_len + len > c->pend_cap) {
+		/* Move what is left to the front first; grow only if that is not enough. */
+		if (c->pend_len)
+			memmove(c->pend, c->pend + c->pend_off, c->pend_len);
+		c->pend_off = 0;
+		if (c->pend_len + len > c->pend_cap) {
+			size_t cap = c->pend_cap ? c->pend_cap : URA__CONN_BUF_SIZE;
+			while (cap < c->pend_len + len)
+				cap *= 2;
+			unsigned char *grown = ura__realloc(c->pend, cap);
+			if (!grown)
+				return -ENOMEM;
+			c->pend = grown;
+			c->pend_cap = cap;
+		}
+	}
+	memcpy(c->pend + c->pend_off + c->pend_len, p, len);
+	c->pend_len += len;
+	return 0;
+}
+
+/* Feeds one received chunk to the decoder; each complete frame goes to the state
+ * machine. A payload that straddles chunks is gathered into a message's own buffer.
+ * Returns the bytes used: all of them, unless reading stopped (a reply went over the high
+ * mark: the rest waits) or the connection failed. */
+static size_t feed(ura_conn *c, const unsigned char *p, size_t len)
+{
+	size_t all = len;
+	while (c->state == URA__CONN_OPEN && !c->read_paused) {
 		size_t used = 0;
 		struct ura__frame f;
 		int r = ura__frame_decode(&c->dec, p, len, &used, &f);
@@ -83,13 +128,13 @@ static void feed(ura_conn *c, const unsigned char *p, size_t len)
 			continue;
 		}
 		if (r == URA__FRAME_MORE)
-			return;
+			return all;
 		if (r == URA__FRAME_NEED_BUFFER) {
 			ura_msg *m;
 			void *buf;
 			if (ura__msg_alloc(ura__frame_decoder_need(&c->dec), &m, &buf) < 0) {
 				ura__conn_invalidate(c, "no memory for a message");
-				return;
+				return all - len;
 			}
 			ura__frame_decoder_give(&c->dec, buf);
 			continue;
@@ -97,8 +142,47 @@ static void feed(ura_conn *c, const unsigned char *p, size_t len)
 		char why[192];
 		snprintf(why, sizeof(why), "protocol error: %s", ura__frame_decoder_reason(&c->dec));
 		ura__conn_invalidate(c, why);
+		return all - len;
+	}
+	return all - len;
+}
+
+/* The recv ended at end of stream and everything before it was decoded. */
+static void end_of_input(ura_conn *c)
+{
+	if (ura__frame_decoder_finish(&c->dec) < 0) {
+		char why[192];
+		snprintf(why, sizeof(why), "protocol error: %s", ura__frame_decoder_reason(&c->dec));
+		ura__conn_invalidate(c, why);
 		return;
 	}
+	/* A client by address reconnects; an adopted connection's peer may still read. */
+	if (c->by_address)
+		ura__conn_peer_gone(c, 0);
+	else
+		ura__conn_half_closed(c);
+}
+
+void ura__conn_pump_input(ura_conn *c)
+{
+	if (c->state != URA__CONN_OPEN || c->read_paused)
+		return;
+	if (c->pend_len) {
+		size_t used = feed(c, c->pend + c->pend_off, c->pend_len);
+		c->pend_off += used;
+		c->pend_len -= used;
+		if (c->pend_len)
+			return; /* stopped again, or failed */
+		ura__conn_drop_pending(c); /* not kept at its peak */
+	}
+	if (c->state != URA__CONN_OPEN || c->read_paused || c->recv_live)
+		return;
+	if (c->eof_seen)
+		end_of_input(c);
+	else if (c->recv_err)
+		ura__conn_peer_gone(c, c->recv_err);
+	else
+		arm_recv(c);
 }
 
 static void on_recv(ura_session *s, ura_task t, int32_t res, uint32_t flags, void *arg)
@@ -108,8 +192,13 @@ static void on_recv(ura_session *s, ura_task t, int32_t res, uint32_t flags, voi
 	ura_buf_ring *br = c->loop->conn_bufs;
 	if (res > 0) {
 		const unsigned char *data = ura_buf_ring_buffer(br, flags);
-		if (data)
-			feed(c, data, (size_t)res);
+		size_t used = 0;
+		/* In order: nothing goes to the decoder while older bytes wait. */
+		if (data && !c->pend_len)
+			used = feed(c, data, (size_t)res);
+		if (data && used < (size_t)res && c->state == URA__CONN_OPEN &&
+		    keep_input(c, data + used, (size_t)res - used) < 0)
+			ura__conn_invalidate(c, "no memory for received data");
 	}
 	ura_buf_ring_recycle(br, flags);
 	if (flags & IORING_CQE_F_MORE)
@@ -120,21 +209,15 @@ static void on_recv(ura_session *s, ura_task t, int32_t res, uint32_t flags, voi
 		return; /* cancelled or already failed: the state machine knows */
 	if (!ura_session_is_valid(c->io))
 		return; /* the loop's end cancelled it, not the peer: io_session_invalid follows */
-	if (res == -ENOBUFS) {
-		arm_recv(c); /* the ring ran dry; buffers are back now */
-		return;
-	}
-	if (res > 0) { /* a multishot recv may end after data: keep receiving */
-		arm_recv(c);
-		return;
-	}
-	if (res == 0 && ura__frame_decoder_finish(&c->dec) < 0) {
-		char why[192];
-		snprintf(why, sizeof(why), "protocol error: %s", ura__frame_decoder_reason(&c->dec));
-		ura__conn_invalidate(c, why);
-		return;
-	}
-	ura__conn_peer_gone(c, res == 0 ? 0 : -res);
+	/* Else a new recv follows, once reading is on and what was kept is decoded: after
+	 * data (a multishot recv may end after some), -ENOBUFS (the ring ran dry; buffers
+	 * are back now) or -ECANCELED (reading stopped at the high mark). End of stream and
+	 * errors are acted on at that point, in order. */
+	if (res == 0)
+		c->eof_seen = true;
+	else if (res < 0 && res != -ENOBUFS && res != -ECANCELED)
+		c->recv_err = -res;
+	ura__conn_pump_input(c);
 }
 
 /* ------------------------------------------------------------ connect */
@@ -181,8 +264,11 @@ void ura__conn_start_connect(ura_conn *c)
 void ura__conn_start_io(ura_conn *c)
 {
 	c->state = URA__CONN_OPEN;
-	arm_recv(c);
+	c->eof_seen = false;
+	c->recv_err = 0;
 	ura__conn_kick_writer(c);
+	ura__conn_flow_check(c); /* sends made before may be over the high mark already */
+	ura__conn_pump_input(c);
 }
 
 /* ------------------------------------------------------------- sending */
@@ -204,8 +290,11 @@ void ura__conn_drop_unsent(ura_conn *c)
 	struct ura__out *o = *keep;
 	*keep = NULL;
 	c->out_tail = NULL;
-	for (struct ura__out *k = c->out_head; k; k = k->next)
+	c->out_bytes = 0;
+	for (struct ura__out *k = c->out_head; k; k = k->next) {
 		c->out_tail = k;
+		c->out_bytes += ura__frame_size(ura_msg_len(k->msg));
+	}
 	while (o) {
 		struct ura__out *next = o->next;
 		ura__conn_free_out(o);
@@ -217,7 +306,8 @@ static void on_write(ura_session *s, ura_task t, int32_t res, uint32_t flags, vo
 
 void ura__conn_kick_writer(ura_conn *c)
 {
-	if (c->writing || !c->out_head || c->state != URA__CONN_OPEN ||
+	if (c->writing || !c->out_head ||
+	    (c->state != URA__CONN_OPEN && c->state != URA__CONN_CLOSING) ||
 	    atomic_load_explicit(&c->suspend, memory_order_acquire) > 0)
 		return;
 	/* One sendmsg for up to URA__CONN_BATCH frames: header and payload iovecs. */
@@ -278,6 +368,7 @@ static void on_write(ura_session *s, ura_task t, int32_t res, uint32_t flags, vo
 		if (!c->out_head)
 			c->out_tail = NULL;
 		c->in_write--;
+		c->out_bytes -= ura__frame_size(ura_msg_len(o->msg));
 		ura__conn_free_out(o);
 	}
 	if (c->state == URA__CONN_DISCONNECTED) {
@@ -288,6 +379,7 @@ static void on_write(ura_session *s, ura_task t, int32_t res, uint32_t flags, vo
 			c->out_head = o->next;
 			if (!c->out_head)
 				c->out_tail = NULL;
+			c->out_bytes -= ura__frame_size(ura_msg_len(o->msg));
 			ura__conn_free_out(o);
 		}
 		c->head_written = 0;
@@ -305,9 +397,12 @@ static void on_write(ura_session *s, ura_task t, int32_t res, uint32_t flags, vo
 	}
 	if (res < 0) {
 		/* A write the loop's end cancelled says nothing of the peer. */
-		if (c->state == URA__CONN_OPEN && ura_session_is_valid(c->io))
+		if ((c->state == URA__CONN_OPEN || c->state == URA__CONN_CLOSING) &&
+		    ura_session_is_valid(c->io))
 			ura__conn_peer_gone(c, -res);
 		return;
 	}
 	ura__conn_kick_writer(c);
+	ura__conn_flow_check(c); /* under the low mark: read again */
+	ura__conn_closing_check(c);
 }

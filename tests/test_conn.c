@@ -11,6 +11,7 @@
 
 #include <criterion/criterion.h>
 
+#include "conn.h"
 #include "frame.h"
 #include "helpers.h"
 
@@ -723,4 +724,291 @@ Test(conn, an_oversized_reply_leaves_the_request_answerable)
 	ura_msg_unref(ok);
 	ura_msg_unref(q);
 	drop_and_drain(a, b);
+}
+
+/* ---- flow control: output watermarks, and a peer that half-closes */
+
+/* A raw peer's requests carry their id as an 8-byte payload; the server answers each
+ * with reply_len bytes of a pattern the id determines, so the peer can check every byte
+ * and the order. */
+enum { REQ_FRAME = URA__FRAME_HEADER_SIZE + 8 };
+
+static uint8_t pattern_byte(uint64_t id, size_t i)
+{
+	return (uint8_t)(id * 131 + i * 7 + (i >> 12));
+}
+
+struct replier {
+	size_t reply_len;
+	_Atomic int requests, invalid;
+};
+
+static void pattern_replier(ura_conn *c, const struct ura_event *ev, void *ctx)
+{
+	struct replier *rp = ctx;
+	if (ev->type == URA_EVENT_ERROR) {
+		if (ev->error == URA_ERROR_CONNECTION_INVALID)
+			atomic_fetch_add(&rp->invalid, 1);
+		return;
+	}
+	atomic_fetch_add(&rp->requests, 1);
+	uint64_t id = 0;
+	cr_assert_eq(ura_msg_len(ev->msg), 8);
+	memcpy(&id, ura_msg_data(ev->msg), 8);
+	uint8_t *p = malloc(rp->reply_len);
+	cr_assert_not_null(p);
+	for (size_t i = 0; i < rp->reply_len; i++)
+		p[i] = pattern_byte(id, i);
+	ura_msg *m;
+	cr_assert_eq(ura_msg_new(p, rp->reply_len, &m), 0);
+	free(p);
+	cr_assert_eq(ura_conn_reply(c, ev->msg, m), 0);
+	ura_msg_unref(m);
+}
+
+/* Writes request id (id as its payload, little-endian on this machine too) into out. */
+static void request_frame(uint8_t out[REQ_FRAME], uint64_t id)
+{
+	size_t n;
+	cr_assert_eq(ura__frame_encode(out, REQ_FRAME, URA__FRAME_EXPECTS_REPLY, id, &id, 8, 0,
+				       &n), 0);
+	cr_assert_eq(n, REQ_FRAME);
+}
+
+/* The raw peer's receiving side: checks each reply frame against docs/PROTOCOL.md and
+ * the pattern, as its bytes come, in whatever pieces. */
+struct rx {
+	uint8_t hdr[URA__FRAME_HEADER_SIZE];
+	size_t hdr_have;
+	uint64_t id;
+	uint32_t len, have;
+	uint64_t frames;      /* whole replies received */
+	size_t expect_len;
+	bool bad;
+	char why[160];
+};
+
+static void rx_fail(struct rx *r, const char *why)
+{
+	if (!r->bad)
+		snprintf(r->why, sizeof(r->why), "reply %llu: %s",
+			 (unsigned long long)r->frames + 1, why);
+	r->bad = true;
+}
+
+static uint64_t le(const uint8_t *p, int n)
+{
+	uint64_t v = 0;
+	for (int i = n - 1; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static void rx_bytes(struct rx *r, const uint8_t *p, size_t n)
+{
+	while (n && !r->bad) {
+		if (r->hdr_have < URA__FRAME_HEADER_SIZE) {
+			size_t take = URA__FRAME_HEADER_SIZE - r->hdr_have;
+			take = take < n ? take : n;
+			memcpy(r->hdr + r->hdr_have, p, take);
+			r->hdr_have += take, p += take, n -= take;
+			if (r->hdr_have < URA__FRAME_HEADER_SIZE)
+				return;
+			if (memcmp(r->hdr, "URA1", 4) || r->hdr[4] != 1)
+				rx_fail(r, "bad magic or version");
+			if (r->hdr[5] != URA__FRAME_IS_REPLY || r->hdr[6] || r->hdr[7])
+				rx_fail(r, "not a reply, or reserved bits set");
+			r->id = le(r->hdr + 8, 8);
+			r->len = (uint32_t)le(r->hdr + 16, 4);
+			r->have = 0;
+			if (r->id != r->frames + 1)
+				rx_fail(r, "out of order");
+			if (r->len != r->expect_len)
+				rx_fail(r, "wrong length");
+		}
+		size_t take = r->len - r->have;
+		take = take < n ? take : n;
+		for (size_t i = 0; i < take && !r->bad; i++)
+			if (p[i] != pattern_byte(r->id, r->have + i))
+				rx_fail(r, "payload corrupted");
+		r->have += (uint32_t)take, p += take, n -= take;
+		if (r->have == r->len) {
+			r->frames++;
+			r->hdr_have = 0;
+		}
+	}
+}
+
+/* Reads what the peer's socket holds (non-blocking) into r. Returns the bytes read, 0 at
+ * end of stream, -1 when nothing is there. */
+static ssize_t rx_read(struct rx *r, int fd)
+{
+	static uint8_t buf[1 << 16];
+	ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+	if (n > 0)
+		rx_bytes(r, buf, (size_t)n);
+	return n < 0 ? -1 : n;
+}
+
+enum {
+	WM_LOW = 16 << 10,
+	WM_HIGH = 64 << 10,
+	WM_REPLY = 4 << 10,
+	WM_BOUND = WM_HIGH + URA__FRAME_HEADER_SIZE + WM_REPLY, /* the high mark + one reply */
+};
+
+Test(conn, a_peer_that_never_reads_stops_the_connection_reading_at_the_high_mark)
+{
+	struct replier rp = { .reply_len = WM_REPLY };
+	int peer;
+	ura_conn *c;
+	cr_assert_eq(th_conn_adopt(loop, pattern_replier, &rp, &c, &peer), 0);
+	cr_assert_eq(ura_conn_set_watermarks(c, WM_LOW, WM_HIGH), 0);
+	ura_conn_activate(c);
+
+	/* The peer writes requests (a batch per call, non-blocking) and never reads, until
+	 * its socket is full and the connection has stopped reading, for a while. */
+	uint8_t batch[64 * REQ_FRAME];
+	size_t batch_off = sizeof(batch), written = 0, max_q = 0;
+	uint64_t next_id = 1;
+	int stable = 0;
+	uint64_t end = th_now_ms() + 30000; /* a hang guard */
+	while (stable < 200 && max_q <= WM_BOUND && th_now_ms() < end) {
+		if (batch_off == sizeof(batch)) {
+			for (int i = 0; i < 64; i++)
+				request_frame(batch + i * REQ_FRAME, next_id++);
+			batch_off = 0;
+		}
+		ssize_t n = send(peer, batch + batch_off, sizeof(batch) - batch_off, MSG_DONTWAIT);
+		if (n > 0) {
+			batch_off += (size_t)n;
+			written += (size_t)n;
+		}
+		(void)ura_loop_run_once(loop, false);
+		size_t q = ura__conn_queued_bytes(c);
+		max_q = q > max_q ? q : max_q;
+		stable = n <= 0 && !ura__conn_reading(c) ? stable + 1 : 0;
+	}
+	cr_assert_leq(max_q, WM_BOUND, "queued output %zu is over the high mark %d + one reply",
+		      max_q, WM_HIGH);
+	cr_assert_eq(stable, 200, "the connection kept reading (queued %zu, %d requests seen)",
+		     ura__conn_queued_bytes(c), atomic_load(&rp.requests));
+	cr_assert_gt(max_q, WM_LOW, "the test never filled the queue");
+	uint64_t seen_at_stop = (uint64_t)atomic_load(&rp.requests);
+	cr_assert_lt(seen_at_stop, written / REQ_FRAME, "requests still in the socket");
+
+	/* The peer reads now: every reply arrives whole and in order, and reading resumes
+	 * until every request was answered. The request cut by the full socket goes too. */
+	struct rx rx = { .expect_len = WM_REPLY };
+	bool resumed = false;
+	while (rx.frames < written / REQ_FRAME + (written % REQ_FRAME != 0) && !rx.bad &&
+	       th_now_ms() < end) {
+		if (written % REQ_FRAME) {
+			ssize_t n = send(peer, batch + batch_off, REQ_FRAME - written % REQ_FRAME,
+					 MSG_DONTWAIT);
+			if (n > 0) {
+				batch_off += (size_t)n;
+				written += (size_t)n;
+			}
+		}
+		(void)rx_read(&rx, peer);
+		(void)ura_loop_run_once(loop, false);
+		size_t q = ura__conn_queued_bytes(c);
+		max_q = q > max_q ? q : max_q;
+		resumed |= ura__conn_reading(c);
+	}
+	cr_assert(!rx.bad, "%s", rx.why);
+	cr_assert_eq(rx.frames, written / REQ_FRAME, "%llu of %zu replies arrived",
+		     (unsigned long long)rx.frames, written / REQ_FRAME);
+	cr_assert(resumed, "reading never resumed");
+	cr_assert_leq(max_q, WM_BOUND, "queued output %zu is over the bound", max_q);
+	cr_assert_eq(ura__conn_queued_bytes(c), 0);
+	ura_conn_unref(c);
+	close(peer);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&rp.invalid), 1);
+}
+
+static void *set_watermarks_elsewhere(void *arg)
+{
+	return (void *)(intptr_t)ura_conn_set_watermarks(arg, 1 << 20, 2 << 20);
+}
+
+Test(conn, watermarks_are_validated)
+{
+	int peer;
+	struct seen s = { 0 };
+	ura_conn *c = adopted(&s, &peer);
+	cr_assert_eq(ura_conn_set_watermarks(NULL, 1, 2), -EINVAL);
+	cr_assert_eq(ura_conn_set_watermarks(c, 0, 0), -EINVAL, "high 0");
+	cr_assert_eq(ura_conn_set_watermarks(c, 3, 2), -EINVAL, "low over high");
+	cr_assert_eq(ura_conn_set_watermarks(c, 0, 1), 0);
+	cr_assert_eq(ura_conn_set_watermarks(c, 2, 2), 0);
+	ura_conn_activate(c);
+	cr_assert_eq(ura_conn_set_watermarks(c, 1 << 20, 4 << 20), 0, "after activation");
+	pthread_t th;
+	void *r;
+	cr_assert_eq(pthread_create(&th, NULL, set_watermarks_elsewhere, c), 0);
+	pthread_join(th, &r);
+	cr_assert_eq((intptr_t)r, 0, "from another thread");
+	th_spin(loop, 5);
+	ura_conn_unref(c);
+	close(peer);
+	cr_assert_eq(ura_loop_run(loop), 0);
+}
+
+/* The raw peer sends request 1 and shuts down its write side: it still reads. */
+static ura_conn *half_closing_peer(struct replier *rp, int *peer, uint64_t close_timeout_ns)
+{
+	ura_conn *c;
+	cr_assert_eq(th_conn_adopt(loop, pattern_replier, rp, &c, peer), 0);
+	if (close_timeout_ns)
+		ura__conn_set_close_timeout(c, close_timeout_ns);
+	ura_conn_activate(c);
+	uint8_t req[REQ_FRAME];
+	request_frame(req, 1);
+	cr_assert_eq(write(*peer, req, sizeof(req)), (ssize_t)sizeof(req));
+	cr_assert_eq(shutdown(*peer, SHUT_WR), 0);
+	return c;
+}
+
+Test(conn, a_reply_to_a_half_closed_peer_is_written_whole_before_the_end)
+{
+	struct replier rp = { .reply_len = 16u << 20 }; /* the largest frame, a default */
+	int peer;
+	ura_conn *c = half_closing_peer(&rp, &peer, 0);
+	struct rx rx = { .expect_len = rp.reply_len };
+	bool eof = false;
+	uint64_t end = th_now_ms() + 30000; /* a hang guard */
+	while (!eof && !rx.bad && th_now_ms() < end) {
+		eof = rx_read(&rx, peer) == 0;
+		(void)ura_loop_run_once(loop, false);
+	}
+	cr_assert(!rx.bad, "%s", rx.why);
+	cr_assert_eq(rx.frames, 1, "the reply was cut: %u of %zu payload bytes arrived",
+		     rx.hdr_have == URA__FRAME_HEADER_SIZE ? rx.have : 0, rp.reply_len);
+	cr_assert(eof, "the connection did not close after its last reply");
+	cr_assert(run_until_int(&rp.invalid, 1, 10000), "no final event");
+	expect_reason(c, "peer closed");
+	ura_conn_unref(c);
+	close(peer);
+	cr_assert_eq(ura_loop_run(loop), 0);
+	cr_assert_eq(atomic_load(&rp.invalid), 1);
+}
+
+Test(conn, a_half_closed_peer_that_never_reads_is_dropped_after_the_close_timeout)
+{
+	/* More than the socket holds, less than the high mark: the connection reads on and
+	 * sees the end of stream. (Past the high mark it would stop reading first, and wait
+	 * for the peer to read like any other connection.) */
+	struct replier rp = { .reply_len = 1u << 20 };
+	int peer;
+	ura_conn *c = half_closing_peer(&rp, &peer, 50ull * 1000 * 1000);
+	cr_assert(run_until_int(&rp.invalid, 1, 20000), "the wait was not bounded (%d requests, %zu queued)", atomic_load(&rp.requests), ura__conn_queued_bytes(c));
+	cr_assert_eq(atomic_load(&rp.requests), 1);
+	expect_reason(c, "peer closed");
+	expect_reason(c, "unwritten");
+	ura_conn_unref(c);
+	close(peer);
+	cr_assert_eq(ura_loop_run(loop), 0);
 }

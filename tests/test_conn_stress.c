@@ -297,3 +297,146 @@ Test(conn_stress, sends_leave_in_the_order_their_calls_returned, .timeout = 300)
 	cr_assert_eq(ura_loop_run(loop), 0);
 	ura_loop_free(loop);
 }
+
+/*
+ * A half-closed peer whose requests other threads answer while another thread changes
+ * the connection's watermarks: every answer (each accepted, since the connection waits
+ * for the requests it received) reaches the peer before the close, whatever the
+ * interleaving of the answers, the pokes and the close.
+ */
+enum { HC_REQUESTS = 400, HC_ANSWERERS = 2, HC_ROUNDS = 20, HC_FRAME = 20 + 8 };
+
+struct half_close {
+	ura_conn *c;
+	ura_msg *reqs[HC_REQUESTS];
+	_Atomic int received, accepted, refused, finals;
+	_Atomic bool done;
+};
+
+static void hc_event(ura_conn *c, const struct ura_event *ev, void *ctx)
+{
+	(void)c;
+	struct half_close *h = ctx;
+	if (ev->type == URA_EVENT_MESSAGE) {
+		int i = atomic_load(&h->received);
+		if (i < HC_REQUESTS)
+			h->reqs[i] = ura_msg_ref(ev->msg);
+		/* Release: the answerers read reqs[i] after seeing the count. */
+		atomic_store(&h->received, i + 1);
+	} else if (ev->error == URA_ERROR_CONNECTION_INVALID) {
+		atomic_fetch_add(&h->finals, 1);
+	}
+}
+
+struct hc_thread {
+	struct half_close *h;
+	int t;
+};
+
+static void *hc_answer(void *arg)
+{
+	struct hc_thread *ht = arg;
+	struct half_close *h = ht->h;
+	uint64_t end = th_now_ms() + 60000; /* a hang guard */
+	while (atomic_load(&h->received) < HC_REQUESTS && th_now_ms() < end)
+		sched_yield();
+	for (int i = ht->t; i < atomic_load(&h->received) && i < HC_REQUESTS; i += HC_ANSWERERS) {
+		/* The request is its own answer (an echo). */
+		if (ura_conn_reply(h->c, h->reqs[i], h->reqs[i]) == 0)
+			atomic_fetch_add(&h->accepted, 1);
+		else
+			atomic_fetch_add(&h->refused, 1);
+		ura_msg_unref(h->reqs[i]);
+		if (i % 16 == 0)
+			sched_yield();
+	}
+	return NULL;
+}
+
+static void *hc_marks(void *arg)
+{
+	struct half_close *h = arg;
+	for (size_t k = 0; !atomic_load(&h->done); k++) {
+		/* Tiny marks stop and start reading often; large ones leave it on. */
+		size_t high = k % 3 ? (k % 7 + 1) * HC_FRAME : (size_t)4 << 20;
+		(void)ura_conn_set_watermarks(h->c, high / 2, high);
+		sched_yield();
+	}
+	return NULL;
+}
+
+Test(conn_stress, a_half_closed_peer_gets_every_answer_other_threads_gave, .timeout = 300)
+{
+	ura_loop *loop;
+	cr_assert_eq(ura_loop_new(NULL, &loop), 0);
+	for (int round = 0; round < HC_ROUNDS; round++) {
+		static struct half_close h;
+		memset(&h, 0, sizeof(h));
+		int peer;
+		cr_assert_eq(th_conn_adopt(loop, hc_event, &h, &h.c, &peer), 0);
+		ura_conn_activate(h.c);
+		pthread_t th[HC_ANSWERERS + 1];
+		struct hc_thread ht[HC_ANSWERERS];
+		for (int t = 0; t < HC_ANSWERERS; t++) {
+			ht[t] = (struct hc_thread){ .h = &h, .t = t };
+			cr_assert_eq(pthread_create(&th[t], NULL, hc_answer, &ht[t]), 0);
+		}
+		cr_assert_eq(pthread_create(&th[HC_ANSWERERS], NULL, hc_marks, &h), 0);
+		/* The peer's requests, then its half-close. */
+		static uint8_t reqs[HC_REQUESTS * HC_FRAME];
+		for (uint64_t i = 0; i < HC_REQUESTS; i++) {
+			uint8_t *f = reqs + i * HC_FRAME;
+			memcpy(f, "URA1\x01\x01\x00\x00", 8);
+			for (int b = 0; b < 8; b++)
+				f[8 + b] = (uint8_t)((i + 1) >> (8 * b));
+			memcpy(f + 16, "\x08\x00\x00\x00", 4);
+			memcpy(f + 20, &i, 8);
+		}
+		size_t off = 0, got = 0;
+		bool eof = false, bad = false;
+		uint64_t end = th_now_ms() + 60000; /* a hang guard */
+		while (!eof && th_now_ms() < end) {
+			if (off < sizeof(reqs)) {
+				ssize_t n = send(peer, reqs + off, sizeof(reqs) - off, MSG_DONTWAIT);
+				off += n > 0 ? (size_t)n : 0;
+				if (off == sizeof(reqs))
+					cr_assert_eq(shutdown(peer, SHUT_WR), 0);
+			}
+			static uint8_t in[HC_REQUESTS * HC_FRAME];
+			ssize_t n = recv(peer, in + got, sizeof(in) - got, MSG_DONTWAIT);
+			if (n == 0 || (n < 0 && errno != EAGAIN))
+				eof = true;
+			got += n > 0 ? (size_t)n : 0;
+			(void)ura_loop_run_once(loop, false);
+			if (got == sizeof(in)) { /* all there: the next read must be the end */
+				for (size_t i = 0; i < got; i += HC_FRAME)
+					bad |= memcmp(in + i, "URA1\x01\x02", 6) != 0;
+				uint8_t extra;
+				while (!eof && th_now_ms() < end) {
+					n = recv(peer, &extra, 1, MSG_DONTWAIT);
+					eof = n == 0;
+					bad |= n > 0;
+					(void)ura_loop_run_once(loop, false);
+				}
+			}
+		}
+		atomic_store(&h.done, true);
+		for (int t = 0; t <= HC_ANSWERERS; t++)
+			pthread_join(th[t], NULL);
+		uint64_t fin_end = th_now_ms() + 10000;
+		while (atomic_load(&h.finals) == 0 && th_now_ms() < fin_end)
+			(void)ura_loop_run_once(loop, false);
+		cr_assert(eof, "round %d: no end of stream", round);
+		cr_assert(!bad, "round %d: a malformed reply or bytes after the last", round);
+		cr_assert_eq(atomic_load(&h.refused), 0, "round %d: an answer was refused", round);
+		cr_assert_eq(atomic_load(&h.accepted), HC_REQUESTS);
+		cr_assert_eq(got, (size_t)HC_REQUESTS * HC_FRAME,
+			     "round %d: %zu of %d replies arrived", round, got / HC_FRAME,
+			     HC_REQUESTS);
+		cr_assert_eq(atomic_load(&h.finals), 1, "round %d: no final event", round);
+		ura_conn_unref(h.c);
+		close(peer);
+	}
+	cr_assert_eq(ura_loop_run(loop), 0);
+	ura_loop_free(loop);
+}

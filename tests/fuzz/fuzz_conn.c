@@ -4,7 +4,7 @@
  * by scripts/fuzz.
  *
  * fuzz-sources: src/loop.c src/inbox.c src/registry.c src/task.c src/ops.c src/bufring.c
- * fuzz-sources: src/session.c src/session_walk.c src/barrier.c src/frame.c src/msg.c src/address.c src/conn.c src/conn_io.c
+ * fuzz-sources: src/session.c src/session_walk.c src/barrier.c src/frame.c src/msg.c src/address.c src/conn.c src/conn_io.c src/conn_flow.c
  * fuzz-sources: src/listener.c src/service.c src/fault.c
  * fuzz-libs: -luring -lmimalloc -lpthread
  * fuzz-cflags: -DURA_SYSTEM_MALLOC

@@ -1,5 +1,5 @@
 /*
- * Connection addresses (src/address.c): every text form and every error, the round trip
+ * Connection addresses (src/net/address.c): every text form and every error, the round trip
  * through format, name resolution, and real listen/connect on each kind of address.
  */
 #include <criterion/criterion.h>

@@ -1,5 +1,5 @@
 /*
- * Fault injection (src/fault.h): allocation failure at every allocation site in turn,
+ * Fault injection (src/util/fault.h): allocation failure at every allocation site in turn,
  * a full SQ, io_uring_enter failing with -EBUSY/-EAGAIN/-EINTR, short writes, a peer
  * resetting mid-frame. In each case the API reports an error or the affected task or
  * connection ends with one, and the invariants hold: one terminal call per accepted

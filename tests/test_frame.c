@@ -1,5 +1,5 @@
 /*
- * Wire frames (src/frame.c): encoding, incremental decoding over any chunking, every
+ * Wire frames (src/ipc/frame.c): encoding, incremental decoding over any chunking, every
  * malformation with its reason, the size limit, truncation at end of stream.
  */
 #include <criterion/criterion.h>

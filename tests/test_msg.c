@@ -1,5 +1,5 @@
 /*
- * Messages (src/msg.c): creation and its argument checks, the reference count under
+ * Messages (src/ipc/msg.c): creation and its argument checks, the reference count under
  * many threads, the frame id and flags (expects_reply), and turning decoded frames into
  * messages with and without a copy. Also builds against tests/standalone.h, so the
  * threaded cases can run under ThreadSanitizer.

@@ -8,8 +8,8 @@
  * post or stop would wake it: the test hangs until some kernel event (a timeout) ends
  * the wait by itself (liburing issue #657 shows the same with a plain ring).
  *
- * Here the two waits the loop uses (src/loop.c enter(); the build defines
- * URA_ENTER_VIA_LIBURING so that src/enter.h waits through liburing) wait in slices of at
+ * Here the two waits the loop uses (src/core/loop.c enter(); the build defines
+ * URA_ENTER_VIA_LIBURING so that src/core/enter.h waits through liburing) wait in slices of at
  * most 1 ms,
  * with a sched_yield between slices: valgrind hands its lock over on sched_yield, so
  * the other threads run. The semantics stay those of liburing: each call returns when

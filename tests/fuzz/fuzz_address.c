@@ -1,7 +1,7 @@
 /*
- * libFuzzer harness for address parsing (src/address.c). Run by scripts/fuzz.
+ * libFuzzer harness for address parsing (src/net/address.c). Run by scripts/fuzz.
  *
- * fuzz-sources: src/address.c
+ * fuzz-sources: src/net/address.c
  *
  * Input: the text, made a C string (so a NUL in the input ends it early). Only the pure
  * ura__address_parse_numeric is fuzzed, never name resolution. Invariants checked:

@@ -1,11 +1,9 @@
 /*
  * libFuzzer harness for a connection's receive path: arbitrary bytes from a peer, through
- * a real socket and a real ring, into an adopted connection (src/conn.c, conn_io.c). Run
+ * a real socket and a real ring, into an adopted connection (src/ipc/conn.c, conn_io.c). Run
  * by scripts/fuzz.
  *
- * fuzz-sources: src/loop.c src/inbox.c src/registry.c src/task.c src/ops.c src/bufring.c
- * fuzz-sources: src/session.c src/session_walk.c src/barrier.c src/frame.c src/msg.c src/address.c src/conn.c src/conn_io.c src/conn_flow.c
- * fuzz-sources: src/listener.c src/service.c src/fault.c
+ * fuzz-sources: src/util/ src/core/ src/net/ src/ipc/
  * fuzz-libs: -luring -lmimalloc -lpthread
  * fuzz-cflags: -DURA_SYSTEM_MALLOC
  *

@@ -1,7 +1,7 @@
 /*
- * libFuzzer harness for the frame decoder (src/frame.c). Run by scripts/fuzz.
+ * libFuzzer harness for the frame decoder (src/ipc/frame.c). Run by scripts/fuzz.
  *
- * fuzz-sources: src/frame.c
+ * fuzz-sources: src/ipc/frame.c
  *
  * Input: byte 0 picks the payload limit, bytes 1-2 seed the chunking, the rest is the
  * byte stream. The stream is decoded twice, as one chunk and cut into chunks whose sizes

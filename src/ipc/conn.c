@@ -612,30 +612,30 @@ void ura__conn_peer_gone(ura_conn *c, int err)
 	ura__conn_close_fd_if_idle(c);
 }
 
-/* An active connection is live work (loop->active_handles) from activation, or from its
- * I/O's end if never activated, until its final event is delivered. */
+/* An active connection is live work (a started handle of the loop) from activation, or
+ * from its I/O's end if never activated, until its final event is delivered. */
 static void count_active(ura_conn *c, bool on)
 {
 	if (c->active_counted == on)
 		return;
 	c->active_counted = on;
 	if (on)
-		c->loop->active_handles++;
+		ura__loop_handle_start(c->loop);
 	else
-		c->loop->active_handles--;
+		ura__loop_handle_stop(c->loop);
 }
 
-/* Its final event waits for nothing but a resume (loop->finals_held): ura_main's
- * shutdown does not wait for that, the loop's free delivers it. */
+/* Its final event waits for nothing but a resume: ura_main's shutdown does not wait for
+ * that, the loop's free delivers it. */
 static void held_for_resume(ura_conn *c, bool held)
 {
 	if (c->final_held == held)
 		return;
 	c->final_held = held;
 	if (held)
-		c->loop->finals_held++;
+		ura__loop_final_hold(c->loop);
 	else
-		c->loop->finals_held--;
+		ura__loop_final_release(c->loop);
 }
 
 static void deliver_final(ura_conn *c)

@@ -1,5 +1,5 @@
 /*
- * Services: ura_main and transactions.
+ * Services: ura_main.
  *
  * ura_main runs a loop with one listener. SIGTERM and SIGINT are blocked in the calling
  * thread and read from a signalfd by a task, so they arrive as an ordinary completion.
@@ -19,30 +19,6 @@
 
 #define DEFAULT_SHUTDOWN_MS 10000u
 #define SHUTDOWN_POLL_NS (5ull * 1000 * 1000)
-
-void ura_transaction_begin(ura_loop *loop)
-{
-	/* Relaxed: a counter; the waiter only needs to see it reach zero eventually. */
-	if (loop)
-		atomic_fetch_add_explicit(&loop->transactions, 1, memory_order_relaxed);
-}
-
-void ura_transaction_end(ura_loop *loop)
-{
-	if (!loop)
-		return;
-	uint64_t n = atomic_load_explicit(&loop->transactions, memory_order_relaxed);
-	/* Never below zero: an unbalanced end is ignored rather than wrapping. */
-	while (n && !atomic_compare_exchange_weak_explicit(&loop->transactions, &n, n - 1,
-							   memory_order_release,
-							   memory_order_relaxed))
-		;
-}
-
-uint64_t ura_transaction_count(ura_loop *loop)
-{
-	return loop ? atomic_load_explicit(&loop->transactions, memory_order_acquire) : 0;
-}
 
 struct service {
 	ura_loop *loop;
@@ -177,7 +153,7 @@ int ura_main_with(const char *address, const struct ura_main_config *cfg, ura_ac
 	 * and only the signal read is left, which the loop's free cancels. A suspended peer's
 	 * final event waits for a resume that need not come: the loop's free delivers it. */
 	while ((r = ura_loop_run_once(sv.loop, true)) >= 0) {
-		if (sv.shutting_down && sv.loop->active_handles == sv.loop->finals_held)
+		if (sv.shutting_down && ura__loop_handles_busy(sv.loop) == 0)
 			break;
 	}
 	r = r < 0 ? r : 0;

@@ -103,3 +103,23 @@ uint16_t ura__buf_ring_group(const ura_buf_ring *br)
 {
 	return br->bgid;
 }
+
+ura_buf_ring *ura__loop_shared_bufs(ura_loop *loop)
+{
+	if (!loop->shared_bufs &&
+	    ura_buf_ring_new(loop, URA__SHARED_BUF_GROUP, URA__SHARED_BUFS, URA__SHARED_BUF_SIZE,
+			     &loop->shared_bufs) < 0)
+		return NULL;
+	return loop->shared_bufs;
+}
+
+ura_buf_ring *ura__loop_shared_bufs_made(ura_loop *loop)
+{
+	return loop->shared_bufs;
+}
+
+void ura__loop_shared_bufs_free(ura_loop *loop)
+{
+	ura_buf_ring_free(loop->shared_bufs);
+	loop->shared_bufs = NULL;
+}

@@ -1,7 +1,8 @@
 /*
  * Listeners: a bound socket with a multishot accept task in a private session. Each
- * accepted socket becomes an inactive connection handed to the accept callback, which
- * owns one reference to it. Cancelling invalidates the session; its final event closes
+ * accepted socket becomes a peer object made by the layer above (make_peer: the ipc
+ * layer's connections, see conn_listener.c), handed to the accept callback, which owns
+ * one reference to it. Cancelling invalidates the session; its final event closes
  * the socket (and removes a unix socket file the listener created).
  *
  * An accept that fails for want of a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM) fails
@@ -20,7 +21,6 @@
 
 #include "address.h"
 #include "alloc.h"
-#include "conn.h"
 #include "listener.h"
 #include "session.h"
 
@@ -35,6 +35,7 @@ struct ura_listener {
 	ura_session *io;
 	ura_accept_fn fn;
 	void *ctx;
+	ura__listener_peer_fn make_peer; /* turns an accepted socket into the peer */
 	struct ura__address addr; /* as bound (the chosen port for port 0) */
 	bool unlink_path;
 	bool active_counted;      /* loop thread */
@@ -107,12 +108,10 @@ static void on_accept(ura_session *s, ura_task t, int32_t res, uint32_t flags, v
 	if (res >= 0) {
 		l->backoff_ns = 0;
 		ura_conn *peer;
-		if (!is_live || ura_conn_new(l->loop, res, &peer) < 0)
+		if (!is_live || l->make_peer(l->loop, res, &peer) < 0)
 			close(res);
-		else if (l->fn)
-			l->fn(l, peer, l->ctx);
 		else
-			ura_conn_unref(peer);
+			l->fn(l, peer, l->ctx); /* fn is never NULL (ura__listener_new) */
 	}
 	/* A multishot accept can end (on an error, or when the kernel chooses): keep
 	 * listening, at once unless it failed in a way that would fail again at once. */
@@ -137,7 +136,7 @@ static void listener_invalid(ura_session *s, int error, void *ctx)
 	}
 	if (l->active_counted) {
 		l->active_counted = false;
-		l->loop->active_handles--;
+		ura__loop_handle_stop(l->loop);
 	}
 	release(l);
 }
@@ -165,10 +164,10 @@ static int bind_listen(ura_listener *l)
 	return 0;
 }
 
-int ura_listener_new(ura_loop *loop, const char *address, ura_accept_fn fn, void *ctx,
-		     ura_listener **out)
+int ura__listener_new(ura_loop *loop, const char *address, ura_accept_fn fn, void *ctx,
+		      ura__listener_peer_fn make_peer, ura_listener **out)
 {
-	if (!loop || !address || !fn || !out)
+	if (!loop || !address || !fn || !make_peer || !out)
 		return -EINVAL;
 	ura_listener *l = ura__zalloc(sizeof(*l));
 	if (!l)
@@ -176,6 +175,7 @@ int ura_listener_new(ura_loop *loop, const char *address, ura_accept_fn fn, void
 	l->loop = loop;
 	l->fn = fn;
 	l->ctx = ctx;
+	l->make_peer = make_peer;
 	atomic_init(&l->refs, 2);
 	int r = ura__address_parse(address, &l->addr);
 	if (r < 0)
@@ -192,7 +192,7 @@ int ura_listener_new(ura_loop *loop, const char *address, ura_accept_fn fn, void
 	if (r < 0)
 		goto err_session;
 	l->active_counted = true;
-	loop->active_handles++;
+	ura__loop_handle_start(loop);
 	*out = l;
 	return 0;
 err_session:

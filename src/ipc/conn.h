@@ -15,9 +15,6 @@
 
 #define URA__CONN_BATCH 32        /* messages per sendmsg */
 #define URA__REPLY_BUCKETS 64     /* pending replies, by id */
-#define URA__CONN_BUF_GROUP 0x5552 /* the loop's shared receive buffer group */
-#define URA__CONN_BUFS 256
-#define URA__CONN_BUF_SIZE 16384
 #define URA__CONN_REASON_MAX 192  /* longest reason kept (longer ones are cut) */
 /* Output watermarks (ura_conn_set_watermarks): past the high mark of queued output the
  * connection stops reading; at or under the low one it reads again. */
@@ -130,8 +127,8 @@ struct ura_conn {
 	uint64_t next_id;
 	struct ura__held_event *held_head, *held_tail;
 	struct ura__frame_decoder dec;
-	bool active_counted;         /* counted in loop->active_handles */
-	bool final_held;             /* counted in loop->finals_held */
+	bool active_counted;         /* a started handle of the loop (ura__loop_handle_start) */
+	bool final_held;             /* counted by ura__loop_final_hold */
 	bool draining;               /* drain_sends is running (conn.c) */
 
 	/* Flow control (conn_flow.c). Loop thread only. */
@@ -179,8 +176,6 @@ void ura__conn_pump_input(ura_conn *c);
 /* Reading off: cancels the armed recv (what it still brings is kept). */
 void ura__conn_stop_recv(ura_conn *c);
 void ura__conn_drop_pending(ura_conn *c);
-/* Frees the loop's shared receive buffers (ura_loop_free, after the drain). */
-void ura__conn_loop_cleanup(ura_loop *loop);
 
 /* conn_flow.c: watermarks and the half-closed end. Loop thread unless noted. */
 /* Bytes of frames accepted and not yet written (on the loop thread; sends still in the

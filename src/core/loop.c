@@ -32,7 +32,7 @@
 
 #include "alloc.h"
 
-#include "conn.h"
+#include "bufring.h"
 #include "enter.h"
 #include "loop.h"
 #include "session.h"
@@ -54,41 +54,6 @@
  * iteration anyway, and completions must not wait behind a flood of commands. */
 #define CMD_SLICE_SQS 4u
 #define FREE_DRAIN_NS (5ull * 1000 * 1000 * 1000)
-
-uint64_t ura__now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-int ura__vec_reserve(struct ura__vec *v, size_t size)
-{
-	if (v->len < v->cap)
-		return 0;
-	uint32_t cap = v->cap ? v->cap * 2 : 64;
-	void *grown = ura__realloc(v->items, (size_t)cap * size);
-	if (!grown)
-		return -ENOMEM;
-	v->items = grown;
-	v->cap = cap;
-	return 0;
-}
-
-int ura__vec_push(struct ura__vec *v, const void *item, size_t size)
-{
-	if (ura__vec_reserve(v, size) < 0)
-		return -ENOMEM;
-	memcpy((char *)v->items + (size_t)v->len * size, item, size);
-	v->len++;
-	return 0;
-}
-
-void ura__vec_free(struct ura__vec *v)
-{
-	ura__free(v->items);
-	memset(v, 0, sizeof(*v));
-}
 
 /* ------------------------------------------------------------- setup */
 
@@ -689,7 +654,7 @@ void ura_loop_free(ura_loop *loop)
 	for (unsigned i = 0; i < 1000 && ura__loop_has_commands(loop); i++)
 		(void)iterate(loop, false, NULL);
 	disarm_wake(loop, deadline);
-	ura__conn_loop_cleanup(loop);
+	ura__loop_shared_bufs_free(loop);
 	/* Closing the ring makes the kernel cancel and wait for anything left, so what
 	 * follows touches no memory the kernel still uses. */
 	io_uring_queue_exit(&loop->ring);

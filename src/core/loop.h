@@ -12,6 +12,8 @@
 #include "fault.h"
 #include "inbox.h"
 #include "registry.h"
+#include "clock.h"
+#include "vec.h"
 #include "ura.h"
 
 /* The functions every loop iteration runs. GCC places them in .text.hot, together, so
@@ -67,11 +69,6 @@ enum { URA__DEFER_CANCELLED, URA__DEFER_RETRY_CHECK };
 struct ura__cancel_req {
 	ura_task task;
 	ura_session *session;
-};
-
-struct ura__vec {
-	void *items;
-	uint32_t len, cap;
 };
 
 struct ura_loop {
@@ -130,8 +127,8 @@ struct ura_loop {
 
 	/* Open transactions (ura_transaction_begin/end), any thread. */
 	_Atomic uint64_t transactions;
-	/* The receive buffer ring connections share (conn_io.c), created on first use. */
-	ura_buf_ring *conn_bufs;
+	/* The receive buffer ring connections share (bufring.c), created on first use. */
+	ura_buf_ring *shared_bufs;
 
 	/* Any thread: a stop request. */
 	_Atomic bool stop;
@@ -220,6 +217,23 @@ static inline bool ura__loop_has_commands(ura_loop *loop)
 	return loop->inbox_rest || !ura__inbox_empty(&loop->inbox);
 }
 
+/*
+ * Handles: a connection or listener is live work from its start until its stop, and
+ * keeps ura_loop_run running meanwhile (like libuv's handle start/stop). This pair is
+ * the only way a layer above core touches the loop's liveness. Loop thread.
+ */
+static inline void ura__loop_handle_start(ura_loop *loop) { loop->active_handles++; }
+static inline void ura__loop_handle_stop(ura_loop *loop) { loop->active_handles--; }
+/* Of the live handles, those whose end waits only for a resume (a suspended, cancelled
+ * connection): ura_main's shutdown does not wait for them. Loop thread. */
+static inline void ura__loop_final_hold(ura_loop *loop) { loop->finals_held++; }
+static inline void ura__loop_final_release(ura_loop *loop) { loop->finals_held--; }
+/* Live handles other than those. Loop thread. */
+static inline uint64_t ura__loop_handles_busy(const ura_loop *loop)
+{
+	return loop->active_handles - loop->finals_held;
+}
+
 /* Sends a command to the loop thread and wakes it if needed. Any thread. */
 void ura__loop_send(ura_loop *loop, struct ura__cmd *cmd);
 /* Wakes the loop thread out of its wait. Any thread. */
@@ -231,11 +245,5 @@ struct io_uring_sqe *ura__loop_task_sqe(ura_loop *loop);
 /* An SQE for an internal cancel (may use the headroom); NULL when full. */
 struct io_uring_sqe *ura__loop_cancel_sqe(ura_loop *loop);
 
-/* Room for one more item: after 0, the next push cannot fail. Returns -ENOMEM. */
-int ura__vec_reserve(struct ura__vec *v, size_t size);
-int ura__vec_push(struct ura__vec *v, const void *item, size_t size);
-void ura__vec_free(struct ura__vec *v);
-
-uint64_t ura__now_ns(void);
 
 #endif

@@ -12,24 +12,10 @@
 #include <unistd.h>
 
 #include "alloc.h"
+#include "bufring.h"
 #include "conn.h"
 
 /* ------------------------------------------------------------ buffers */
-
-static ura_buf_ring *loop_bufs(ura_loop *loop)
-{
-	if (!loop->conn_bufs &&
-	    ura_buf_ring_new(loop, URA__CONN_BUF_GROUP, URA__CONN_BUFS, URA__CONN_BUF_SIZE,
-			     &loop->conn_bufs) < 0)
-		return NULL;
-	return loop->conn_bufs;
-}
-
-void ura__conn_loop_cleanup(ura_loop *loop)
-{
-	ura_buf_ring_free(loop->conn_bufs);
-	loop->conn_bufs = NULL;
-}
 
 void ura__conn_close_fd_if_idle(ura_conn *c)
 {
@@ -52,7 +38,7 @@ static void on_recv(ura_session *s, ura_task t, int32_t res, uint32_t flags, voi
 
 static void arm_recv(ura_conn *c)
 {
-	ura_buf_ring *br = loop_bufs(c->loop);
+	ura_buf_ring *br = ura__loop_shared_bufs(c->loop);
 	if (!br) {
 		ura__conn_invalidate(c, "no memory for receive buffers");
 		return;
@@ -95,7 +81,7 @@ static int keep_input(ura_conn *c, const unsigned char *p, size_t len)
 			memmove(c->pend, c->pend + c->pend_off, c->pend_len);
 		c->pend_off = 0;
 		if (c->pend_len + len > c->pend_cap) {
-			size_t cap = c->pend_cap ? c->pend_cap : URA__CONN_BUF_SIZE;
+			size_t cap = c->pend_cap ? c->pend_cap : URA__SHARED_BUF_SIZE;
 			while (cap < c->pend_len + len)
 				cap *= 2;
 			unsigned char *grown = ura__realloc(c->pend, cap);
@@ -189,7 +175,7 @@ static void on_recv(ura_session *s, ura_task t, int32_t res, uint32_t flags, voi
 {
 	(void)s, (void)t;
 	ura_conn *c = arg;
-	ura_buf_ring *br = c->loop->conn_bufs;
+	ura_buf_ring *br = ura__loop_shared_bufs_made(c->loop);
 	if (res > 0) {
 		const unsigned char *data = ura_buf_ring_buffer(br, flags);
 		size_t used = 0;

@@ -1,6 +1,7 @@
 /* Loop: configuration, run/run_once/stop/post, cross-thread wakeup. */
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sched.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -280,4 +281,22 @@ Test(loop, loop_beyond_1023_live_is_emfile, .timeout = 300)
 		ura_loop_free(loops[i]);
 	cr_assert_eq(ura_loop_new(NULL, &extra), 0);
 	ura_loop_free(extra);
+}
+
+/* ---- loop-thread-only calls from another thread abort with a message (URA_CHECKS) */
+
+static void *run_once_elsewhere(void *arg)
+{
+	(void)ura_loop_run_once(arg, false); /* aborts: not the loop's thread */
+	return NULL;
+}
+
+Test(loop, run_once_off_the_loop_thread_aborts, .signal = SIGABRT)
+{
+	ura_loop *l;
+	cr_assert_eq(ura_loop_new(NULL, &l), 0);
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, run_once_elsewhere, l), 0);
+	pthread_join(th, NULL);
+	cr_assert_fail("ura_loop_run_once ran off the loop thread without aborting");
 }

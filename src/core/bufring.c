@@ -27,6 +27,7 @@ int ura_buf_ring_new(ura_loop *loop, uint16_t bgid, unsigned nbufs, unsigned buf
 	if (!loop || !out || nbufs == 0 || nbufs > 32768 || (nbufs & (nbufs - 1)) ||
 	    buf_size == 0 || buf_size > (1u << 24))
 		return -EINVAL;
+	URA__ASSERT_LOOP_THREAD(loop);
 	ura_buf_ring *br = ura__zalloc(sizeof(*br));
 	if (!br)
 		return -ENOMEM;
@@ -71,6 +72,7 @@ void ura_buf_ring_free(ura_buf_ring *br)
 {
 	if (!br)
 		return;
+	URA__ASSERT_LOOP_THREAD(br->loop);
 	(void)io_uring_unregister_buf_ring(&br->loop->ring, br->bgid);
 	munmap(br->ring, br->map_len);
 	ura__free(br);
@@ -86,6 +88,8 @@ void *ura_buf_ring_buffer(ura_buf_ring *br, uint32_t cqe_flags)
 
 void ura_buf_ring_recycle(ura_buf_ring *br, uint32_t cqe_flags)
 {
+	if (br)
+		URA__ASSERT_LOOP_THREAD(br->loop);
 	unsigned char *buf = ura_buf_ring_buffer(br, cqe_flags);
 	if (!buf)
 		return;

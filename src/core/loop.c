@@ -23,6 +23,7 @@
  */
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -226,9 +227,21 @@ err_tag:
 	return r;
 }
 
+#ifdef URA_CHECKS
+void ura__loop_thread_violation(const char *fn)
+{
+	fprintf(stderr, "ura: %s called off its loop's thread (see ura.h: \"loop thread\")\n",
+		fn);
+	abort();
+}
+#endif
+
 struct io_uring *ura_loop_ring(ura_loop *loop)
 {
-	return loop ? &loop->ring : NULL;
+	if (!loop)
+		return NULL;
+	URA__ASSERT_LOOP_THREAD(loop);
+	return &loop->ring;
 }
 
 uint32_t ura_loop_features(ura_loop *loop)
@@ -533,6 +546,7 @@ URA__HOT int ura_loop_run_once(ura_loop *loop, bool wait)
 {
 	if (!loop)
 		return -EINVAL;
+	URA__ASSERT_LOOP_THREAD(loop);
 	return iterate(loop, wait, NULL);
 }
 
@@ -548,6 +562,7 @@ int ura_loop_run(ura_loop *loop)
 {
 	if (!loop)
 		return -EINVAL;
+	URA__ASSERT_LOOP_THREAD(loop);
 	if (loop->running)
 		return -EBUSY; /* inside a callback: also with no work left, and stop is kept */
 	int r = 0;
@@ -636,6 +651,7 @@ void ura_loop_free(ura_loop *loop)
 	 * ura_loop_free the free is under way: refused (ura.h). */
 	if (!loop || loop->running || atomic_load_explicit(&loop->freeing, memory_order_relaxed))
 		return;
+	URA__ASSERT_LOOP_THREAD(loop);
 	atomic_store_explicit(&loop->freeing, true, memory_order_relaxed);
 	ura__session_invalidate_all(loop, -ESHUTDOWN);
 	uint64_t deadline = ura__now_ns() + FREE_DRAIN_NS;

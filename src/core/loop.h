@@ -148,6 +148,22 @@ static inline bool ura__on_loop(const ura_loop *loop)
 	return loop->owner_mark == &ura__thread_mark;
 }
 
+/*
+ * Loop-thread-only entry points check their thread in builds with URA_CHECKS (every
+ * build type but release): misuse is an abort naming the function, not corruption of
+ * state only that thread may touch. One TLS compare; nothing in release builds.
+ */
+#ifdef URA_CHECKS
+void ura__loop_thread_violation(const char *fn) __attribute__((noreturn, cold));
+#define URA__ASSERT_LOOP_THREAD(loop)                                                   \
+	do {                                                                            \
+		if (!ura__on_loop(loop))                                               \
+			ura__loop_thread_violation(__func__);                          \
+	} while (0)
+#else
+#define URA__ASSERT_LOOP_THREAD(loop) ((void)(loop))
+#endif
+
 /* Room in the SQ for a task, leaving the cancel headroom (a test may say there is none). */
 static inline bool ura__sq_room(ura_loop *loop)
 {

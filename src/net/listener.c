@@ -169,6 +169,7 @@ int ura__listener_new(ura_loop *loop, const char *address, ura_accept_fn fn, voi
 {
 	if (!loop || !address || !fn || !make_peer || !out)
 		return -EINVAL;
+	URA__ASSERT_LOOP_THREAD(loop);
 	ura_listener *l = ura__zalloc(sizeof(*l));
 	if (!l)
 		return -ENOMEM;

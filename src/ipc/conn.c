@@ -31,6 +31,7 @@
  * nothing is written; resume delivers what was held, the final event last.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -223,32 +224,53 @@ static void publish_reason(ura_conn *c, const char *text)
 						memory_order_relaxed);
 }
 
-/* Keeps a copy of reason in the connection itself: nothing to allocate, nothing to fail.
+/* Formats the reason into the connection itself: nothing to allocate, nothing to fail.
  * Loop thread: the only writer of reason_buf, which it writes before publishing and
  * never again after (a reason is set once). */
-static void set_reason(ura_conn *c, const char *reason)
+__attribute__((format(printf, 2, 0)))
+static void set_reason_v(ura_conn *c, const char *fmt, va_list ap)
 {
 	/* Relaxed: only the loop thread publishes reason_buf; a constant text another thread
 	 * published wins the CAS below anyway. */
 	if (atomic_load_explicit(&c->reason, memory_order_relaxed))
 		return;
-	snprintf(c->reason_buf, sizeof(c->reason_buf), "%s", reason);
+	vsnprintf(c->reason_buf, sizeof(c->reason_buf), fmt, ap);
 	publish_reason(c, c->reason_buf);
+}
+
+__attribute__((format(printf, 2, 3)))
+static void set_reason(ura_conn *c, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	set_reason_v(c, fmt, ap);
+	va_end(ap);
 }
 
 void ura__conn_refuse_sends(ura_conn *c, const char *reason)
 {
-	set_reason(c, reason);
+	set_reason(c, "%s", reason);
 	/* seq_cst: the store half of send_common's Dekker pairing. */
 	atomic_store_explicit(&c->cancelled, true, memory_order_seq_cst);
 }
 
 void ura__conn_invalidate(ura_conn *c, const char *reason)
 {
+	ura__conn_fail(c, "%s", reason);
+}
+
+void ura__conn_fail(ura_conn *c, const char *fmt, ...)
+{
 	if (c->state >= URA__CONN_CANCELLING)
 		return;
 	c->state = URA__CONN_CANCELLING;
-	ura__conn_refuse_sends(c, reason);
+	/* Sends are refused from here: the reason first, then cancelled. */
+	va_list ap;
+	va_start(ap, fmt);
+	set_reason_v(c, fmt, ap);
+	va_end(ap);
+	/* seq_cst: the store half of send_common's Dekker pairing. */
+	atomic_store_explicit(&c->cancelled, true, memory_order_seq_cst);
 	ura__conn_drop_unsent(c);
 	/* Every task of the connection is cancelled; the session's final event (a later
 	 * iteration, after every terminal call) finishes the job in io_session_invalid. */
@@ -258,12 +280,10 @@ void ura__conn_invalidate(ura_conn *c, const char *reason)
 void ura__conn_peer_gone(ura_conn *c, int err)
 {
 	if (!c->by_address) {
-		char why[96];
 		if (err)
-			snprintf(why, sizeof(why), "peer closed: %s", strerror(err));
+			ura__conn_fail(c, "peer closed: %s", strerror(err));
 		else
-			snprintf(why, sizeof(why), "peer closed");
-		ura__conn_invalidate(c, why);
+			ura__conn_invalidate(c, "peer closed");
 		return;
 	}
 	/* A client by address survives: replies and handler hear INTERRUPTED, what was
@@ -313,11 +333,10 @@ static void io_session_invalid(ura_session *s, int error, void *ctx)
 	 * refused without touching the loop, and the pairing in send_common holds.
 	 * seq_cst: the store half of that pairing. The reason goes first: a refused send
 	 * means an invalid connection, which has a reason. */
-	char why[64] = "cancelled"; /* set already on every way but the loop's end */
 	if (error < 0)
-		snprintf(why, sizeof(why), "loop ended: %s",
-			 error == -ESHUTDOWN ? "freed" : strerror(-error));
-	set_reason(c, why);
+		set_reason(c, "loop ended: %s", error == -ESHUTDOWN ? "freed" : strerror(-error));
+	else
+		set_reason(c, "cancelled"); /* set already on every way but the loop's end */
 	atomic_store_explicit(&c->cancelled, true, memory_order_seq_cst);
 	/* A negative error: the loop is being freed. A final event held for a resume could
 	 * never be delivered after that, so it goes now. */

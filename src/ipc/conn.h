@@ -165,6 +165,10 @@ void ura__conn_refuse_sends(ura_conn *c, const char *reason);
 /* Ends the connection with reason (kept unless it has one already): sends are refused,
  * what is unsent is dropped, its tasks are cancelled, the final event follows. */
 void ura__conn_invalidate(ura_conn *c, const char *reason);
+/* ura__conn_invalidate with a reason formatted into the connection's reason buffer (cut
+ * at URA__CONN_REASON_MAX). Nothing is formatted if the connection is ending already. */
+__attribute__((format(printf, 2, 3)))
+void ura__conn_fail(ura_conn *c, const char *fmt, ...);
 /* The peer left (err 0: end of stream): a client by address is interrupted, any other
  * connection ends. */
 void ura__conn_peer_gone(ura_conn *c, int err);

@@ -5,8 +5,6 @@
  * activated, events are held in order; resume delivers them, and the final
  * CONNECTION_INVALID event comes last, once nothing else can. Loop thread only.
  */
-#include <stdio.h>
-
 #include "alloc.h"
 #include "conn.h"
 #include "session.h"
@@ -24,11 +22,9 @@ void ura__conn_frame(ura_conn *c, const struct ura__frame *f)
 	if (f->flags & URA__FRAME_IS_REPLY) {
 		struct ura__reply *r = ura__conn_take_reply(c, f->id);
 		if (!r) {
-			char why[96];
-			snprintf(why, sizeof(why), "protocol error: reply to unknown id %llu",
-				 (unsigned long long)f->id);
 			ura_msg_unref(m);
-			ura__conn_invalidate(c, why);
+			ura__conn_fail(c, "protocol error: reply to unknown id %llu",
+				       (unsigned long long)f->id);
 			return;
 		}
 		ura__conn_deliver(c, r->fn, r->arg, &ev);

@@ -17,7 +17,6 @@
  * Loop thread only, except ura_conn_set_watermarks and ura__conn_poke.
  */
 #include <errno.h>
-#include <stdio.h>
 
 #include "conn.h"
 #include "session.h"
@@ -119,10 +118,8 @@ static void on_close_timer(ura_session *s, ura_task t, int32_t res, uint32_t fla
 	ura_conn *c = arg;
 	if (res != -ETIME || c->state != URA__CONN_CLOSING)
 		return; /* cancelled: the connection ended first */
-	char why[128];
-	snprintf(why, sizeof(why), "peer closed; %zu bytes unwritten after %llu ms",
-		 ura__conn_queued_bytes(c), (unsigned long long)(c->close_timeout_ns / 1000000));
-	ura__conn_invalidate(c, why);
+	ura__conn_fail(c, "peer closed; %zu bytes unwritten after %llu ms",
+		       ura__conn_queued_bytes(c), (unsigned long long)(c->close_timeout_ns / 1000000));
 }
 
 void ura__conn_half_closed(ura_conn *c)

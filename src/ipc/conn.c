@@ -20,12 +20,14 @@
  * loop-thread send may not overtake a send that another thread has finished).
  *
  * Lifecycle. INACTIVE until activated (a client then connects), OPEN while receiving and
- * sending, DISCONNECTED for a client whose peer left (pending replies and the handler got
+ * sending, CLOSING while a peer that half-closed gets what was accepted (conn_flow.c),
+ * DISCONNECTED for a client whose peer left (pending replies and the handler got
  * INTERRUPTED; the next send reconnects), CANCELLING while its I/O session is being
- * invalidated, DONE once the final CONNECTION_INVALID event is delivered. Cancel is
- * non-preemptive: it only marks and asks; the final event comes from the I/O session's
- * did_become_invalid, i.e. on a later loop iteration, after every in-flight task of the
- * connection has had its terminal call. Nothing of the connection runs after it.
+ * invalidated and until its final event can go, DONE once the final CONNECTION_INVALID
+ * event is delivered. Cancel is non-preemptive: it only marks and asks; the final event
+ * comes from the I/O session's did_become_invalid or later (a resume), i.e. on a later
+ * loop iteration, after every in-flight task of the connection has had its terminal call.
+ * Nothing of the connection runs after it.
  *
  * Suspension. While suspended (or inactive), events and reply calls are held in order and
  * nothing is written; resume delivers what was held, the final event last.
@@ -224,9 +226,9 @@ static void publish_reason(ura_conn *c, const char *text)
 						memory_order_relaxed);
 }
 
-/* Formats the reason into the connection itself: nothing to allocate, nothing to fail.
- * Loop thread: the only writer of reason_buf, which it writes before publishing and
- * never again after (a reason is set once). */
+/* Formats the reason into the connection itself unless one is set already: nothing to
+ * allocate, nothing to fail. Loop thread: the only writer of reason_buf, which it writes
+ * before publishing and never again after (a reason is set once). */
 __attribute__((format(printf, 2, 0)))
 static void set_reason_v(ura_conn *c, const char *fmt, va_list ap)
 {
@@ -250,7 +252,7 @@ static void set_reason(ura_conn *c, const char *fmt, ...)
 void ura__conn_refuse_sends(ura_conn *c, const char *reason)
 {
 	set_reason(c, "%s", reason);
-	/* seq_cst: the store half of send_common's Dekker pairing. */
+	/* seq_cst: the store half of the Dekker pairing in send_queued (conn_send.c). */
 	atomic_store_explicit(&c->cancelled, true, memory_order_seq_cst);
 }
 
@@ -269,7 +271,7 @@ void ura__conn_fail(ura_conn *c, const char *fmt, ...)
 	va_start(ap, fmt);
 	set_reason_v(c, fmt, ap);
 	va_end(ap);
-	/* seq_cst: the store half of send_common's Dekker pairing. */
+	/* seq_cst: the store half of the Dekker pairing in send_queued (conn_send.c). */
 	atomic_store_explicit(&c->cancelled, true, memory_order_seq_cst);
 	ura__conn_drop_unsent(c);
 	/* Every task of the connection is cancelled; the session's final event (a later
@@ -330,7 +332,7 @@ static void io_session_invalid(ura_session *s, int error, void *ctx)
 	ura_conn *c = ctx;
 	/* Every way here sets cancelled first, except the loop's end (its sessions are
 	 * invalidated directly): set it now, before the final event, so later sends are
-	 * refused without touching the loop, and the pairing in send_common holds.
+	 * refused without touching the loop, and the pairing in send_queued holds.
 	 * seq_cst: the store half of that pairing. The reason goes first: a refused send
 	 * means an invalid connection, which has a reason. */
 	if (error < 0)
@@ -401,7 +403,9 @@ int ura_conn_suspend(ura_conn *c)
 {
 	if (!c)
 		return -EINVAL;
-	/* Relaxed is enough for the count itself; the loop re-reads it with acquire. */
+	/* acq_rel, like resume's CAS: the count needs no ordering of its own (every change
+	 * is a read-modify-write), but release pairs with the loop thread's acquire loads of
+	 * it (delivery, the writer), which then see what the caller did before suspending. */
 	atomic_fetch_add_explicit(&c->suspend, 1, memory_order_acq_rel);
 	return 0;
 }
@@ -441,7 +445,7 @@ void ura_conn_cancel(ura_conn *c)
 	/* From here sends are refused, so the connection is invalid: its reason is set
 	 * first (unless another one was), a constant that needs no memory. */
 	publish_reason(c, "cancelled");
-	/* seq_cst: the store half of send_common's Dekker pairing. */
+	/* seq_cst: the store half of the Dekker pairing in send_queued (conn_send.c). */
 	if (atomic_exchange_explicit(&c->cancelled, true, memory_order_seq_cst))
 		return;
 	ura__conn_run_on_loop(c, &c->cancel_cmd, embedded_cancel, c);

@@ -64,8 +64,8 @@ enum ura__conn_state {
 	URA__CONN_OPEN,         /* receiving and sending */
 	URA__CONN_CLOSING,      /* the peer half-closed: writing what was accepted, then done */
 	URA__CONN_DISCONNECTED, /* client whose peer left: the next send reconnects */
-	URA__CONN_CANCELLING,   /* its I/O session is being invalidated */
-	URA__CONN_DONE,         /* final event delivered (or waiting for resume to be) */
+	URA__CONN_CANCELLING,   /* its I/O session is being invalidated, or its final event waits */
+	URA__CONN_DONE,         /* final event delivered */
 };
 
 struct ura_conn {
@@ -89,7 +89,7 @@ struct ura_conn {
 	 * commands to the loop are embedded here. */
 	struct ura__cmd activate_cmd, cancel_cmd;
 	/* Every send, from any thread, in the order the calls returned: an MPSC queue of
-	 * ops (conn_send.c, "the send queue"). drain_cmd is in the loop's inbox exactly while
+	 * ops (conn_send.c, "the send queue"). drain_cmd is in the loop's inbox only while
 	 * sendq is not empty. sendq is on its own cache line: every sending thread writes it. */
 	struct ura__inbox sendq;
 	struct ura__cmd drain_cmd;
@@ -114,7 +114,9 @@ struct ura_conn {
 	/* Loop thread only. */
 	enum ura__conn_state state;
 	bool by_address;
-	bool final_pending;          /* the final event waits for resume */
+	/* The final event is due: it waits for held events, sends on their way (posting) or
+	 * a resume. */
+	bool final_pending;
 	bool loop_ending;            /* ura_loop_free is ending the connection */
 	int fd;
 	struct ura__address addr;

@@ -120,7 +120,8 @@ void ura__conn_drop_held_handler_events(ura_conn *c)
 	}
 }
 
-/* Delivers held events while the connection is active and not suspended. */
+/* Delivers held events while the connection is active and not suspended (all of them at
+ * the loop's end), then the final event if it is due and nothing is held. */
 void ura__conn_flush_held(ura_conn *c)
 {
 	if (c->state >= URA__CONN_CANCELLING)
@@ -156,7 +157,7 @@ static void held_for_resume(ura_conn *c, bool held)
 
 static void deliver_final(ura_conn *c)
 {
-	/* seq_cst: pairs with send_common (see there). A send from another thread that
+	/* seq_cst: pairs with send_queued (conn_send.c). A send from another thread that
 	 * passed its cancelled check is on its way: its reply handler hears INVALID first,
 	 * and posting_done brings the final event back here. */
 	if (atomic_load_explicit(&c->posting, memory_order_seq_cst) > 0) {

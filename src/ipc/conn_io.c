@@ -14,7 +14,7 @@
 #include "bufring.h"
 #include "conn.h"
 
-/* ------------------------------------------------------------ buffers */
+/* ------------------------------------------------------------- the socket */
 
 void ura__conn_close_fd_if_idle(ura_conn *c)
 {

@@ -296,7 +296,7 @@ static void op_send(ura_conn *c, struct op *op)
  * go. */
 static void posting_done(ura_conn *c)
 {
-	/* seq_cst: the count's changes are part of send_common's pairing. */
+	/* seq_cst: the count's changes are part of the pairing in send_queued. */
 	if (atomic_fetch_sub_explicit(&c->posting, 1, memory_order_seq_cst) == 1 &&
 	    c->final_pending)
 		ura__conn_flush_held(c);
@@ -362,7 +362,7 @@ static int send_queued(ura_conn *c, ura_msg *m, uint8_t flags, uint64_t reply_to
 	}
 	op->c = c;
 	/*
-	 * A send can pass the check above just before a cancel and leave the send queue after
+	 * A send can pass send_common's cancelled check just before a cancel and leave the send queue after
 	 * it. Its reply handler must still be called before the final event, so the final
 	 * event waits for it: the send counts itself in posting, then re-checks cancelled;
 	 * the loop sets cancelled, then (in deliver_final) reads posting. All four are

@@ -1,4 +1,8 @@
-/* Connections: XPC lifecycle over a private session's tasks. See conn.c and conn_io.c. */
+/*
+ * Connections: XPC lifecycle over a private session's tasks. What the files of a
+ * connection share, and no more: the object, and each file's entry points for the others
+ * (conn.c lists which file owns what).
+ */
 #ifndef URA_CONN_H
 #define URA_CONN_H
 
@@ -60,8 +64,8 @@ enum ura__conn_state {
 	URA__CONN_OPEN,         /* receiving and sending */
 	URA__CONN_CLOSING,      /* the peer half-closed: writing what was accepted, then done */
 	URA__CONN_DISCONNECTED, /* client whose peer left: the next send reconnects */
-	URA__CONN_CANCELLING,   /* its I/O session is being invalidated */
-	URA__CONN_DONE,         /* final event delivered (or waiting for resume to be) */
+	URA__CONN_CANCELLING,   /* its I/O session is being invalidated, or its final event waits */
+	URA__CONN_DONE,         /* final event delivered */
 };
 
 struct ura_conn {
@@ -73,7 +77,7 @@ struct ura_conn {
 	_Atomic bool cancelled;
 	_Atomic bool finished;      /* final event delivered: nothing may touch the loop now */
 	/* Sends that passed the cancelled check and have not been taken off sendq yet: the
-	 * final event waits for them (conn.c, send_common). */
+	 * final event waits for them (conn_send.c, send_queued). */
 	_Atomic uint32_t posting;
 	_Atomic uint32_t epoch;     /* interruptions so far (a reply belongs to one epoch) */
 	/* Set once, before sends are refused: points at reason_buf (written on the loop thread
@@ -85,7 +89,7 @@ struct ura_conn {
 	 * commands to the loop are embedded here. */
 	struct ura__cmd activate_cmd, cancel_cmd;
 	/* Every send, from any thread, in the order the calls returned: an MPSC queue of
-	 * ops (conn.c, "the send queue"). drain_cmd is in the loop's inbox exactly while
+	 * ops (conn_send.c, "the send queue"). drain_cmd is in the loop's inbox only while
 	 * sendq is not empty. sendq is on its own cache line: every sending thread writes it. */
 	struct ura__inbox sendq;
 	struct ura__cmd drain_cmd;
@@ -110,7 +114,9 @@ struct ura_conn {
 	/* Loop thread only. */
 	enum ura__conn_state state;
 	bool by_address;
-	bool final_pending;          /* the final event waits for resume */
+	/* The final event is due: it waits for held events, sends on their way (posting) or
+	 * a resume. */
+	bool final_pending;
 	bool loop_ending;            /* ura_loop_free is ending the connection */
 	int fd;
 	struct ura__address addr;
@@ -129,7 +135,7 @@ struct ura_conn {
 	struct ura__frame_decoder dec;
 	bool active_counted;         /* a started handle of the loop (ura__loop_handle_start) */
 	bool final_held;             /* counted by ura__loop_final_hold */
-	bool draining;               /* drain_sends is running (conn.c) */
+	bool draining;               /* ura__conn_drain_sends is running */
 
 	/* Flow control (conn_flow.c). Loop thread only. */
 	size_t wm_low, wm_high;      /* the watermarks in force */
@@ -146,23 +152,62 @@ struct ura_conn {
 	uint64_t close_timeout_ns;   /* the wait of a half-closed connection */
 };
 
-/* Loop-thread entry points shared by conn.c and conn_io.c. */
-void ura__conn_deliver(ura_conn *c, ura_event_fn fn, void *arg, const struct ura_event *ev);
-void ura__conn_invalidate(ura_conn *c, const char *reason);
-void ura__conn_peer_gone(ura_conn *c, int err);
-void ura__conn_frame(ura_conn *c, const struct ura__frame *f);
-/* Tells the connection's handler e (TERMINATION_IMMINENT from ura_main). */
-void ura__conn_notify(ura_conn *c, enum ura_error e);
-bool ura__conn_is_live(const ura_conn *c);
+/* conn.c: references, commands to the loop, the end. Loop thread unless noted. */
 /* A runtime reference: keeps the memory, unlike ura_conn_ref it does not keep the
  * connection alive (the user's last unref still cancels it). Any thread. */
 void ura__conn_retain(ura_conn *c);
 void ura__conn_release(ura_conn *c);
-
+/* Runs fn(arg) on the loop thread, now or through cmd (embedded in its owner). c is held
+ * until fn ran. false: the loop was freed, fn will never run. Any thread. */
+bool ura__conn_run_on_loop(ura_conn *c, struct ura__cmd *cmd, void (*fn)(void *), void *arg);
+/* The connection counts as a started handle of the loop (on) or stops counting. */
+void ura__conn_count_active(ura_conn *c, bool on);
 /* From here sends are refused (-ESHUTDOWN): reason first, then cancelled. */
 void ura__conn_refuse_sends(ura_conn *c, const char *reason);
+/* Ends the connection with reason (kept unless it has one already): sends are refused,
+ * what is unsent is dropped, its tasks are cancelled, the final event follows. */
+void ura__conn_invalidate(ura_conn *c, const char *reason);
+/* ura__conn_invalidate with a reason formatted into the connection's reason buffer (cut
+ * at URA__CONN_REASON_MAX). Nothing is formatted if the connection is ending already. */
+__attribute__((format(printf, 2, 3)))
+void ura__conn_fail(ura_conn *c, const char *fmt, ...);
+/* The peer left (err 0: end of stream): a client by address is interrupted, any other
+ * connection ends. */
+void ura__conn_peer_gone(ura_conn *c, int err);
+bool ura__conn_is_live(const ura_conn *c);
+
+/* conn_send.c: the send queue, pending reply handlers, requests to answer. */
+/* Runs the send queue's ops in order; drain_cmd's function. Loop thread. */
+void ura__conn_drain_sends(void *arg);
+/* The last resume: delivers what was held and writes again, on the loop thread. 0,
+ * -ENOMEM, or -ESHUTDOWN once the loop was freed. Any thread. */
+int ura__conn_resume_op(ura_conn *c);
+/* The reply handler waiting for id, taken out (the caller frees it), or NULL. */
+struct ura__reply *ura__conn_take_reply(ura_conn *c, uint64_t id);
+/* Tells every pending reply handler e, once each. */
+void ura__conn_fail_replies(ura_conn *c, enum ura_error e);
+/* Keeps a received request until it is answered or released, with a transaction. */
+void ura__conn_hold_request(ura_conn *c, ura_msg *m);
+/* A request's release hook (ura_msg's on_release; arg is c, which it holds). */
+void ura__conn_request_released(ura_msg *m, void *arg);
+/* The peer is gone: live requests end their transactions and become stale; forget:
+ * drop them all. Any thread. */
+void ura__conn_requests_peer_gone(ura_conn *c, bool forget);
 /* Requests received and neither answered nor released. Any thread. */
 size_t ura__conn_requests_open(ura_conn *c);
+
+/* conn_deliver.c: events to the handler and reply handlers. Loop thread. */
+/* A received frame, as an event to its reply handler or to the handler. */
+void ura__conn_frame(ura_conn *c, const struct ura__frame *f);
+/* Calls fn (NULL: the handler) with ev now, or holds it while the connection holds. */
+void ura__conn_deliver(ura_conn *c, ura_event_fn fn, void *arg, const struct ura_event *ev);
+void ura__conn_error_event(ura_conn *c, ura_event_fn fn, void *arg, enum ura_error e);
+/* Tells the connection's handler e (TERMINATION_IMMINENT from ura_main). */
+void ura__conn_notify(ura_conn *c, enum ura_error e);
+/* Delivers what was held if nothing holds it any more, then a pending final event. */
+void ura__conn_flush_held(ura_conn *c);
+/* Drops the held events meant for the handler; reply handlers keep theirs. */
+void ura__conn_drop_held_handler_events(ura_conn *c);
 
 /* conn_io.c */
 void ura__conn_start_io(ura_conn *c);

@@ -17,7 +17,6 @@
  * Loop thread only, except ura_conn_set_watermarks and ura__conn_poke.
  */
 #include <errno.h>
-#include <stdio.h>
 
 #include "conn.h"
 #include "session.h"
@@ -119,16 +118,14 @@ static void on_close_timer(ura_session *s, ura_task t, int32_t res, uint32_t fla
 	ura_conn *c = arg;
 	if (res != -ETIME || c->state != URA__CONN_CLOSING)
 		return; /* cancelled: the connection ended first */
-	char why[128];
-	snprintf(why, sizeof(why), "peer closed; %zu bytes unwritten after %llu ms",
-		 ura__conn_queued_bytes(c), (unsigned long long)(c->close_timeout_ns / 1000000));
-	ura__conn_invalidate(c, why);
+	ura__conn_fail(c, "peer closed; %zu bytes unwritten after %llu ms",
+		       ura__conn_queued_bytes(c), (unsigned long long)(c->close_timeout_ns / 1000000));
 }
 
 void ura__conn_half_closed(ura_conn *c)
 {
 	c->state = URA__CONN_CLOSING;
-	/* Relaxed: c->lock orders it against answer_done (conn.c), which pokes once it sees
+	/* Relaxed: c->lock orders it against answer_done (conn_send.c), which pokes once it sees
 	 * it; the closing check below takes that lock after this store. */
 	atomic_store_explicit(&c->half_closed, true, memory_order_relaxed);
 	/* A task of the connection's session: its end cancels the timer. */
@@ -147,8 +144,8 @@ void ura__conn_closing_check(ura_conn *c)
 	/* Nothing accepted is left. Sends are refused from here; one that was accepted
 	 * before (it passed its cancelled check) is still on its way through the send queue
 	 * and is written first: refuse_sends stores cancelled, then we read posting, both
-	 * seq_cst, against send_common's increment of posting then load of cancelled. Its
-	 * op's end (run_op) checks again. */
+	 * seq_cst, against send_queued's increment of posting then load of cancelled. Its
+	 * op's end (run_op, conn_send.c) checks again. */
 	ura__conn_refuse_sends(c, "peer closed");
 	if (atomic_load_explicit(&c->posting, memory_order_seq_cst) > 0)
 		return;

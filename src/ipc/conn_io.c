@@ -6,7 +6,6 @@
  * Loop thread only.
  */
 #include <errno.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -15,7 +14,7 @@
 #include "bufring.h"
 #include "conn.h"
 
-/* ------------------------------------------------------------ buffers */
+/* ------------------------------------------------------------- the socket */
 
 void ura__conn_close_fd_if_idle(ura_conn *c)
 {
@@ -45,9 +44,7 @@ static void arm_recv(ura_conn *c)
 	}
 	int r = ura_recv_multishot(c->io, c->fd, br, 0, on_recv, c, &c->recv_task);
 	if (r < 0) {
-		char why[64];
-		snprintf(why, sizeof(why), "recv: %s", strerror(-r));
-		ura__conn_invalidate(c, why);
+		ura__conn_fail(c, "recv: %s", strerror(-r));
 		return;
 	}
 	c->recv_live = true;
@@ -125,9 +122,7 @@ static size_t feed(ura_conn *c, const unsigned char *p, size_t len)
 			ura__frame_decoder_give(&c->dec, buf);
 			continue;
 		}
-		char why[192];
-		snprintf(why, sizeof(why), "protocol error: %s", ura__frame_decoder_reason(&c->dec));
-		ura__conn_invalidate(c, why);
+		ura__conn_fail(c, "protocol error: %s", ura__frame_decoder_reason(&c->dec));
 		return all - len;
 	}
 	return all - len;
@@ -137,9 +132,7 @@ static size_t feed(ura_conn *c, const unsigned char *p, size_t len)
 static void end_of_input(ura_conn *c)
 {
 	if (ura__frame_decoder_finish(&c->dec) < 0) {
-		char why[192];
-		snprintf(why, sizeof(why), "protocol error: %s", ura__frame_decoder_reason(&c->dec));
-		ura__conn_invalidate(c, why);
+		ura__conn_fail(c, "protocol error: %s", ura__frame_decoder_reason(&c->dec));
 		return;
 	}
 	/* A client by address reconnects; an adopted connection's peer may still read. */
@@ -216,9 +209,7 @@ static void on_connect(ura_session *s, ura_task t, int32_t res, uint32_t flags, 
 	if (c->state != URA__CONN_CONNECTING)
 		return;
 	if (res < 0) {
-		char why[96];
-		snprintf(why, sizeof(why), "connect: %s", strerror(-res));
-		ura__conn_invalidate(c, why);
+		ura__conn_fail(c, "connect: %s", strerror(-res));
 		return;
 	}
 	ura__conn_start_io(c);
@@ -228,9 +219,7 @@ void ura__conn_start_connect(ura_conn *c)
 {
 	int fd = ura__address_socket(&c->addr);
 	if (fd < 0) {
-		char why[96];
-		snprintf(why, sizeof(why), "socket: %s", strerror(-fd));
-		ura__conn_invalidate(c, why);
+		ura__conn_fail(c, "socket: %s", strerror(-fd));
 		return;
 	}
 	c->fd = fd;
@@ -239,9 +228,7 @@ void ura__conn_start_connect(ura_conn *c)
 	int r = ura_connect(c->io, fd, (const struct sockaddr *)&c->addr.ss, c->addr.len,
 			    on_connect, c, NULL);
 	if (r < 0) {
-		char why[96];
-		snprintf(why, sizeof(why), "connect: %s", strerror(-r));
-		ura__conn_invalidate(c, why);
+		ura__conn_fail(c, "connect: %s", strerror(-r));
 		return;
 	}
 	c->tasks_on_fd++;
@@ -324,9 +311,7 @@ void ura__conn_kick_writer(ura_conn *c)
 	/* MSG_NOSIGNAL: a peer that went away is an error result, not a SIGPIPE. */
 	int r = ura_sendmsg(c->io, c->fd, &c->mh, MSG_NOSIGNAL, on_write, c, &c->write_task);
 	if (r < 0) {
-		char why[64];
-		snprintf(why, sizeof(why), "send: %s", strerror(-r));
-		ura__conn_invalidate(c, why);
+		ura__conn_fail(c, "send: %s", strerror(-r));
 		return;
 	}
 	c->writing = true;

@@ -84,7 +84,7 @@ static inline bool ura__msg_is_reply(const ura_msg *m)
 }
 
 /* Writes the header of a frame carrying m's payload, with the given flags and id (not
- * m's: see above), for a writev of header then ura_msg_data(m). Errors as
+ * m's: see above), for a sendmsg of header then ura_msg_data(m). Errors as
  * ura__frame_encode_header. */
 int ura__msg_encode_header(const ura_msg *m, uint8_t flags, uint64_t id, uint32_t max_payload,
 			   uint8_t out[URA__FRAME_HEADER_SIZE]);

@@ -27,7 +27,7 @@ struct service {
 	void *ctx;
 	int sfd;
 	struct signalfd_siginfo si;
-	ura_conn **peers; /* a reference each, pruned of finished ones as peers arrive */
+	ura_conn **peers; /* a reference each, pruned of ended ones as peers arrive and at shutdown */
 	size_t npeers, cap;
 	bool shutting_down;
 	uint64_t deadline_ns;

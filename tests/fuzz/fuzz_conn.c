@@ -1,7 +1,7 @@
 /*
  * libFuzzer harness for a connection's receive path: arbitrary bytes from a peer, through
- * a real socket and a real ring, into an adopted connection (src/ipc/conn.c, conn_io.c). Run
- * by scripts/fuzz.
+ * a real socket and a real ring, into an adopted connection (src/ipc/conn_io.c decodes,
+ * conn_deliver.c delivers, conn.c ends it). Run by scripts/fuzz.
  *
  * fuzz-sources: src/util/ src/core/ src/net/ src/ipc/
  * fuzz-libs: -luring -lmimalloc -lpthread

@@ -273,6 +273,23 @@ void ura_loop_stop(ura_loop *loop)
 	}
 }
 
+/* ura_loop_post's command: allocated by the poster, freed by its run. */
+struct post_cmd {
+	struct ura__cmd cmd;
+	void (*fn)(void *arg);
+	void *arg;
+};
+
+static void run_post(struct ura__cmd *cmd, bool discard)
+{
+	struct post_cmd *p = (struct post_cmd *)cmd;
+	void (*fn)(void *) = p->fn;
+	void *arg = p->arg;
+	ura__free(p);
+	if (!discard)
+		fn(arg);
+}
+
 int ura_loop_post(ura_loop *loop, void (*fn)(void *arg), void *arg)
 {
 	if (!loop || !fn)
@@ -284,12 +301,12 @@ int ura_loop_post(ura_loop *loop, void (*fn)(void *arg), void *arg)
 		    : !ura__loop_enter(loop))
 		return -ESHUTDOWN;
 	int r = -ENOMEM;
-	struct ura__cmd *cmd = ura__malloc(sizeof(*cmd));
-	if (cmd) {
-		cmd->kind = URA__CMD_POST;
-		cmd->fn = (void *)fn;
-		cmd->arg = arg;
-		ura__loop_send(loop, cmd);
+	struct post_cmd *p = ura__malloc(sizeof(*p));
+	if (p) {
+		p->cmd.run = run_post;
+		p->fn = fn;
+		p->arg = arg;
+		ura__loop_send(loop, &p->cmd);
 		r = 0;
 	}
 	if (!on_loop)
@@ -327,31 +344,9 @@ static unsigned run_commands(ura_loop *loop)
 			break;
 		}
 		struct ura__cmd *cmd = (struct ura__cmd *)node;
-		node = node->next;
+		node = node->next; /* first: the handler may free or requeue cmd */
 		n++;
-		switch (cmd->kind) {
-		case URA__CMD_SUBMIT:
-		case URA__CMD_CANCEL:
-		case URA__CMD_RESUME:
-			ura__task_command(loop, cmd);
-			break;
-		case URA__CMD_POST: {
-			void (*fn)(void *) = (void (*)(void *))cmd->fn;
-			void *arg = cmd->arg;
-			ura__free(cmd);
-			fn(arg);
-			break;
-		}
-		case URA__CMD_CALL:
-			((void (*)(void *))cmd->fn)(cmd->arg);
-			break;
-		case URA__CMD_SESSION: /* embedded in the session */
-			ura__session_notice(cmd->session);
-			break;
-		default: /* GET_TASKS, FLUSH */
-			ura__session_command(cmd);
-			break;
-		}
+		cmd->run(cmd, false);
 	}
 	return n;
 }
@@ -670,15 +665,12 @@ void ura_loop_free(ura_loop *loop)
 				tail->next = ura__inbox_take(&loop->inbox);
 				break;
 			}
+	/* Each handler releases what its command holds (abandon_all has already released
+	 * the session count units of submits and requests). */
 	for (struct ura__inbox_node *n = left; n;) {
 		struct ura__cmd *cmd = (struct ura__cmd *)n;
 		n = n->next;
-		/* A session's notice holds a reference and is embedded in the session; the
-		 * others held a count unit, which abandon_all has already released. */
-		if (cmd->kind == URA__CMD_SESSION)
-			ura__session_notice_drop(cmd->session);
-		else if (cmd->kind != URA__CMD_CALL) /* embedded in its owner */
-			ura__free(cmd);
+		cmd->run(cmd, true);
 	}
 	for (uint32_t i = 0; i < loop->deferred.len; i++) {
 		struct ura__deferred *d = (struct ura__deferred *)loop->deferred.items + i;

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <liburing.h>
@@ -31,31 +32,22 @@
 /* A runtime SQE whose CQE needs no action (a timer's removal). */
 #define URA__TAG_IGNORE (URA__TAG_BIT | 4ull)
 
-/* Commands sent to the loop thread through the inbox. */
-enum ura__cmd_kind {
-	URA__CMD_SUBMIT,     /* a task accepted on another thread */
-	URA__CMD_CANCEL,     /* ura_task_cancel from another thread */
-	URA__CMD_RESUME,     /* ura_task_resume from another thread */
-	URA__CMD_POST,       /* ura_loop_post */
-	URA__CMD_SESSION,    /* a session's notice (embedded in it, see session.c) */
-	URA__CMD_GET_TASKS,  /* get_all_tasks / get_tasks */
-	URA__CMD_FLUSH,      /* flush / reset barrier */
-	URA__CMD_CALL,       /* fn(arg) with a command embedded in its owner: never freed */
-};
-
+/*
+ * A command to the loop thread, sent through the inbox. It is embedded in a typed
+ * struct owned by the layer that sends it (task.c's submit, cancel and resume,
+ * session.c's notice and requests, loop.c's post, conn.c's calls), and carries its own
+ * handler: the loop runs run(cmd, false) and knows nothing of the kinds. ura_loop_free
+ * runs what is left after the ring is gone with discard = true: the handler then only
+ * releases what the command holds (frees itself, drops a reference), by its own rule.
+ */
 struct ura__cmd {
 	struct ura__inbox_node node; /* first: the inbox links commands through it */
-	uint8_t kind;
-	uint8_t variant;             /* GET_TASKS: all or by kind; FLUSH: flush or reset */
-	ura_task task;
-	ura_session *session;        /* holds a reference for SESSION, GET_TASKS, FLUSH */
-	uint64_t barrier_tag;        /* SUBMIT: the task's tag; FLUSH: the barrier's */
-	void *fn;
-	void *arg;
-	/* SUBMIT, and the SQE copy kept while a task is suspended or backlogged. */
-	struct io_uring_sqe sqe;
-	struct __kernel_timespec ts;
+	void (*run)(struct ura__cmd *cmd, bool discard);
 };
+
+/* The struct of the given type whose member is at ptr (a command embedded in it). */
+#define URA__CONTAINER_OF(ptr, type, member) \
+	((type *)(void *)((char *)(ptr) - offsetof(type, member)))
 
 /* Loop-thread work deferred to the next drain (no allocation). */
 struct ura__deferred {

@@ -107,8 +107,8 @@ static int conn_alloc(ura_loop *loop, ura_conn **out)
 	atomic_init(&c->user_refs, 1);
 	/* Written once here, never again: drain_cmd is reused while another thread may be
 	 * queueing it (only its inbox link changes). */
-	c->drain_cmd.kind = URA__CMD_CALL;
-	c->drain_cmd.fn = (void *)drain_sends;
+	c->drain_cmd.cmd.run = ura__conn_call_run;
+	c->drain_cmd.fn = drain_sends;
 	c->drain_cmd.arg = c;
 	pthread_mutex_init(&c->lock, NULL);
 	int r = ura_session_new(loop, &io_delegate, c, &c->io);
@@ -189,7 +189,7 @@ enum op_kind {
 };
 
 struct op {
-	struct ura__cmd cmd; /* to the loop, as a command or a send queue link: cannot fail */
+	struct ura__conn_call cmd; /* to the loop, as a command or a send queue link: cannot fail */
 	ura_conn *c; /* holds a reference until the op ran */
 	enum op_kind kind;
 	bool counted; /* in c->posting: every send and refused send */
@@ -203,10 +203,17 @@ struct op {
 
 static void run_op(void *arg);
 
-/* Runs fn(arg) now on the loop thread, or sends it there in cmd, a command embedded in
+void ura__conn_call_run(struct ura__cmd *cmd, bool discard)
+{
+	struct ura__conn_call *call = (struct ura__conn_call *)cmd;
+	if (!discard)
+		call->fn(call->arg);
+}
+
+/* Runs fn(arg) now on the loop thread, or sends it there in call, a command embedded in
  * its owner (no allocation). c is held until fn ran. false: the loop was freed (every
  * connection of it has ended), fn will never run and nothing was done. */
-static bool run_on_loop(ura_conn *c, struct ura__cmd *cmd, void (*fn)(void *), void *arg)
+static bool run_on_loop(ura_conn *c, struct ura__conn_call *call, void (*fn)(void *), void *arg)
 {
 	if (ura__on_loop(c->loop)) {
 		atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* until fn ran */
@@ -216,10 +223,10 @@ static bool run_on_loop(ura_conn *c, struct ura__cmd *cmd, void (*fn)(void *), v
 	if (!ura__loop_enter(c->loop))
 		return false;
 	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* until fn ran */
-	cmd->kind = URA__CMD_CALL;
-	cmd->fn = (void *)fn;
-	cmd->arg = arg;
-	ura__loop_send(c->loop, cmd);
+	call->cmd.run = ura__conn_call_run;
+	call->fn = fn;
+	call->arg = arg;
+	ura__loop_send(c->loop, &call->cmd);
 	ura__loop_leave(c->loop);
 	return true;
 }
@@ -261,7 +268,7 @@ static void enqueue_send(struct op *op)
 {
 	ura_conn *c = op->c;
 	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* until the op ran */
-	if (!ura__inbox_push(&c->sendq, &op->cmd.node))
+	if (!ura__inbox_push(&c->sendq, &op->cmd.cmd.node))
 		return; /* whoever found the queue empty has a drain coming */
 	if (ura__on_loop(c->loop) && !c->draining) {
 		drain_sends(c);
@@ -269,7 +276,7 @@ static void enqueue_send(struct op *op)
 	}
 	/* Our push read the NULL a take wrote (acquire, pairing with that take's release in
 	 * inbox.c): the loop is done with drain_cmd, so queueing it again is safe. */
-	ura__loop_send(c->loop, &c->drain_cmd);
+	ura__loop_send(c->loop, &c->drain_cmd.cmd);
 }
 
 /* Runs an op without a message on the loop thread (see run_on_loop): 0, -ENOMEM, or

@@ -23,6 +23,16 @@
 /* How long a connection whose peer half-closed may take to write what it accepted. */
 #define URA__CONN_CLOSE_TIMEOUT_NS (30ull * 1000 * 1000 * 1000)
 
+/* A call to the loop thread, fn(arg), embedded in the connection or an op, so sending
+ * it cannot fail (conn.c, run_on_loop). */
+struct ura__conn_call {
+	struct ura__cmd cmd;
+	void (*fn)(void *arg);
+	void *arg;
+};
+/* Its handler. Discarded by ura_loop_free: nothing (embedded, never freed here). */
+void ura__conn_call_run(struct ura__cmd *cmd, bool discard);
+
 /* A message waiting to be written, framed. */
 struct ura__out {
 	struct ura__out *next;
@@ -83,12 +93,12 @@ struct ura_conn {
 	char reason_buf[URA__CONN_REASON_MAX];
 	/* Activation and cancel happen once each and must not fail for want of memory: their
 	 * commands to the loop are embedded here. */
-	struct ura__cmd activate_cmd, cancel_cmd;
+	struct ura__conn_call activate_cmd, cancel_cmd;
 	/* Every send, from any thread, in the order the calls returned: an MPSC queue of
 	 * ops (conn.c, "the send queue"). drain_cmd is in the loop's inbox exactly while
 	 * sendq is not empty. sendq is on its own cache line: every sending thread writes it. */
 	struct ura__inbox sendq;
-	struct ura__cmd drain_cmd;
+	struct ura__conn_call drain_cmd;
 	ura_event_fn handler;       /* set before activation; read on the loop thread */
 	void *ctx;
 	uint32_t max_frame;
@@ -104,7 +114,7 @@ struct ura_conn {
 
 	/* Asks the loop thread to look at the connection again (conn_flow.c): embedded, so
 	 * it cannot fail, and in the loop's inbox at most once (poke_queued). */
-	struct ura__cmd poke_cmd;
+	struct ura__conn_call poke_cmd;
 	_Atomic bool poke_queued;
 
 	/* Loop thread only. */

@@ -377,19 +377,47 @@ static unsigned run_deferred(ura_loop *loop)
 	return n;
 }
 
+/* ------------------------------------------------------------- tags */
+
+static void wake_cqe(ura_loop *loop, uint64_t payload, int32_t res)
+{
+	(void)payload, (void)res;
+	loop->wake_armed = false;
+	arm_wake(loop);
+}
+
+static void cancel_cqe(ura_loop *loop, uint64_t payload, int32_t res)
+{
+	(void)loop;
+	ura__session_cancel_reaped((ura_session *)(uintptr_t)payload, res);
+}
+
+static void retry_cqe(ura_loop *loop, uint64_t payload, int32_t res)
+{
+	(void)loop, (void)res;
+	ura__session_retry_fired((ura_session *)(uintptr_t)payload);
+}
+
+static void ignore_cqe(ura_loop *loop, uint64_t payload, int32_t res)
+{
+	(void)loop, (void)payload, (void)res;
+}
+
+/* The handler of each runtime tag kind (loop.h): every kind has one. */
+static void (*const tag_handlers[])(ura_loop *loop, uint64_t payload, int32_t res) = {
+	[URA__TAG_KIND_NONE] = ignore_cqe,
+	[URA__TAG_KIND_WAKE] = wake_cqe,
+	[URA__TAG_KIND_WAKE_CANCEL] = ignore_cqe,
+	[URA__TAG_KIND_CANCEL] = cancel_cqe,
+	[URA__TAG_KIND_RETRY] = retry_cqe,
+	[URA__TAG_KIND_IGNORE] = ignore_cqe,
+};
+_Static_assert(sizeof(tag_handlers) / sizeof(tag_handlers[0]) == URA__TAG_KINDS,
+	       "every runtime tag kind needs a handler in tag_handlers");
+
 static void internal_cqe(ura_loop *loop, uint64_t user_data, int32_t res)
 {
-	if (user_data == URA__TAG_WAKE) {
-		loop->wake_armed = false;
-		arm_wake(loop);
-		return;
-	}
-	if ((user_data & URA__TAG_CANCEL) == URA__TAG_CANCEL) {
-		ura_session *s = (ura_session *)(uintptr_t)(user_data & ~URA__TAG_CANCEL);
-		ura__session_cancel_reaped(s, res);
-	} else if ((user_data & URA__TAG_RETRY) == URA__TAG_RETRY) {
-		ura__session_retry_fired((ura_session *)(uintptr_t)(user_data & ~URA__TAG_RETRY));
-	}
+	tag_handlers[ura__tag_kind(user_data)](loop, user_data & URA__TAG_PAYLOAD_MASK, res);
 }
 
 /*
@@ -618,7 +646,7 @@ static void disarm_wake(ura_loop *loop, uint64_t deadline)
 	}
 	if (q) {
 		io_uring_prep_cancel64(q, URA__TAG_WAKE, 0);
-		io_uring_sqe_set_data64(q, URA__TAG_BIT | 2ull);
+		io_uring_sqe_set_data64(q, ura__tag(URA__TAG_KIND_WAKE_CANCEL, 0));
 	}
 	const struct __kernel_timespec tick = { .tv_nsec = 100 * 1000 * 1000 };
 	while (loop->wake_armed && ura__now_ns() < deadline)

@@ -22,15 +22,38 @@
  * every enter on kernels with page-table isolation (see enter.h). */
 #define URA__HOT __attribute__((hot))
 
-/* user_data values with bit 63 set are the runtime's own; task handles never set it. */
+/*
+ * Runtime tags: user_data values with bit 63 set are the runtime's own (task handles
+ * never set it). Bits 62..60 hold the kind, which picks the CQE's handler (loop.c,
+ * tag_handlers); the bits below hold the kind's payload, a session pointer for CANCEL
+ * and RETRY (user-space, below 2^57 even with 5-level page tables).
+ */
 #define URA__TAG_BIT (1ull << 63)
-#define URA__TAG_WAKE (URA__TAG_BIT | 1ull)
-/* An ASYNC_CANCEL SQE: the tag plus the session pointer (user-space, below 2^47). */
-#define URA__TAG_CANCEL (URA__TAG_BIT | (1ull << 62))
-/* A session's cancel-retry timer (session.c): the tag plus the session pointer. */
-#define URA__TAG_RETRY (URA__TAG_BIT | (1ull << 61))
-/* A runtime SQE whose CQE needs no action (a timer's removal). */
-#define URA__TAG_IGNORE (URA__TAG_BIT | 4ull)
+#define URA__TAG_KIND_SHIFT 60
+#define URA__TAG_PAYLOAD_MASK ((1ull << URA__TAG_KIND_SHIFT) - 1)
+
+enum ura__tag_kind {
+	URA__TAG_KIND_NONE,        /* on no SQE: what a test's lost cancel aims at */
+	URA__TAG_KIND_WAKE,        /* the eventfd read that wakes the loop */
+	URA__TAG_KIND_WAKE_CANCEL, /* ura_loop_free's cancel of that read */
+	URA__TAG_KIND_CANCEL,      /* a per-task ASYNC_CANCEL; payload: its session */
+	URA__TAG_KIND_RETRY,       /* a session's cancel-retry timer; payload: the session */
+	URA__TAG_KIND_IGNORE,      /* a runtime SQE whose CQE needs no action */
+	URA__TAG_KINDS
+};
+_Static_assert(URA__TAG_KINDS <= 8, "tag kinds fit bits 62..60");
+
+static inline uint64_t ura__tag(enum ura__tag_kind kind, uint64_t payload)
+{
+	return URA__TAG_BIT | (uint64_t)kind << URA__TAG_KIND_SHIFT | payload;
+}
+
+static inline enum ura__tag_kind ura__tag_kind(uint64_t user_data)
+{
+	return (enum ura__tag_kind)((user_data >> URA__TAG_KIND_SHIFT) & 7);
+}
+
+#define URA__TAG_WAKE ura__tag(URA__TAG_KIND_WAKE, 0)
 
 /*
  * A command to the loop thread, sent through the inbox. It is embedded in a typed

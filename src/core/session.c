@@ -333,7 +333,7 @@ static void arm_cancel_retry(ura_session *s)
 		s->retry_ms = RETRY_FIRST_MS;
 	s->retry_ts = (struct __kernel_timespec){ .tv_nsec = (long long)s->retry_ms * 1000000 };
 	io_uring_prep_timeout(q, &s->retry_ts, 0, 0);
-	io_uring_sqe_set_data64(q, URA__TAG_RETRY | (uint64_t)(uintptr_t)s);
+	io_uring_sqe_set_data64(q, ura__tag(URA__TAG_KIND_RETRY, (uintptr_t)s));
 	s->retry_armed = true;
 	loop->retry_timers++;
 }
@@ -345,8 +345,8 @@ static void remove_cancel_retry(ura_session *s)
 	struct io_uring_sqe *q = ura__loop_cancel_sqe(s->loop);
 	if (!q)
 		return;
-	io_uring_prep_timeout_remove(q, URA__TAG_RETRY | (uint64_t)(uintptr_t)s, 0);
-	io_uring_sqe_set_data64(q, URA__TAG_IGNORE);
+	io_uring_prep_timeout_remove(q, ura__tag(URA__TAG_KIND_RETRY, (uintptr_t)s), 0);
+	io_uring_sqe_set_data64(q, ura__tag(URA__TAG_KIND_IGNORE, 0));
 	s->retry_removing = true;
 }
 

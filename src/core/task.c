@@ -359,8 +359,9 @@ static bool cancel_sqe_try(ura_loop *loop, ura_session *s, ura_task t)
 		return false;
 	/* A test's lost cancel aims at a user_data no request has, so the kernel answers
 	 * -ENOENT while t lives on: what a cancel that races a re-arming request sees. */
-	io_uring_prep_cancel64(q, ura__fault(URA__FAULT_CANCEL_MISS) ? URA__TAG_BIT : t, 0);
-	io_uring_sqe_set_data64(q, URA__TAG_CANCEL | (uint64_t)(uintptr_t)s);
+	io_uring_prep_cancel64(q, ura__fault(URA__FAULT_CANCEL_MISS) ?
+				  ura__tag(URA__TAG_KIND_NONE, 0) : t, 0);
+	io_uring_sqe_set_data64(q, ura__tag(URA__TAG_KIND_CANCEL, (uintptr_t)s));
 	return true;
 }
 

@@ -8,7 +8,8 @@
  *      checks), then any session rescan;
  *   3. move backlogged cancels, then tasks, into the SQ;
  *   4. one io_uring_enter: submit everything and wait (or only reap) completions;
- *   5. reap CQEs in batches: task callbacks, cancel results, the wakeup read.
+ *   5. reap CQEs in batches: task callbacks; runtime tags (cancel results, retry timers,
+ *      the wakeup read) through the table of tag handlers.
  * Callbacks that submit from the loop thread write straight into the SQ; the next
  * iteration's single enter submits them.
  *

@@ -1,4 +1,5 @@
-/* The loop: ring, run loop, completion reaper, cross-thread inbox and wakeup. */
+/* The loop: ring, run loop, completion reaper, cross-thread inbox and wakeup; the
+ * command node and the runtime tag kinds every layer sends and submits through. */
 #ifndef URA_LOOP_H
 #define URA_LOOP_H
 

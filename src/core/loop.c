@@ -8,7 +8,8 @@
  *      checks), then any session rescan;
  *   3. move backlogged cancels, then tasks, into the SQ;
  *   4. one io_uring_enter: submit everything and wait (or only reap) completions;
- *   5. reap CQEs in batches: task callbacks, cancel results, the wakeup read.
+ *   5. reap CQEs in batches: task callbacks; runtime tags (cancel results, retry timers,
+ *      the wakeup read) through the table of tag handlers.
  * Callbacks that submit from the loop thread write straight into the SQ; the next
  * iteration's single enter submits them.
  *
@@ -286,6 +287,23 @@ void ura_loop_stop(ura_loop *loop)
 	}
 }
 
+/* ura_loop_post's command: allocated by the poster, freed by its run. */
+struct post_cmd {
+	struct ura__cmd cmd;
+	void (*fn)(void *arg);
+	void *arg;
+};
+
+static void run_post(struct ura__cmd *cmd, bool discard)
+{
+	struct post_cmd *p = (struct post_cmd *)cmd;
+	void (*fn)(void *) = p->fn;
+	void *arg = p->arg;
+	ura__free(p);
+	if (!discard)
+		fn(arg);
+}
+
 int ura_loop_post(ura_loop *loop, void (*fn)(void *arg), void *arg)
 {
 	if (!loop || !fn)
@@ -297,12 +315,12 @@ int ura_loop_post(ura_loop *loop, void (*fn)(void *arg), void *arg)
 		    : !ura__loop_enter(loop))
 		return -ESHUTDOWN;
 	int r = -ENOMEM;
-	struct ura__cmd *cmd = ura__malloc(sizeof(*cmd));
-	if (cmd) {
-		cmd->kind = URA__CMD_POST;
-		cmd->fn = (void *)fn;
-		cmd->arg = arg;
-		ura__loop_send(loop, cmd);
+	struct post_cmd *p = ura__malloc(sizeof(*p));
+	if (p) {
+		p->cmd.run = run_post;
+		p->fn = fn;
+		p->arg = arg;
+		ura__loop_send(loop, &p->cmd);
 		r = 0;
 	}
 	if (!on_loop)
@@ -340,31 +358,9 @@ static unsigned run_commands(ura_loop *loop)
 			break;
 		}
 		struct ura__cmd *cmd = (struct ura__cmd *)node;
-		node = node->next;
+		node = node->next; /* first: the handler may free or requeue cmd */
 		n++;
-		switch (cmd->kind) {
-		case URA__CMD_SUBMIT:
-		case URA__CMD_CANCEL:
-		case URA__CMD_RESUME:
-			ura__task_command(loop, cmd);
-			break;
-		case URA__CMD_POST: {
-			void (*fn)(void *) = (void (*)(void *))cmd->fn;
-			void *arg = cmd->arg;
-			ura__free(cmd);
-			fn(arg);
-			break;
-		}
-		case URA__CMD_CALL:
-			((void (*)(void *))cmd->fn)(cmd->arg);
-			break;
-		case URA__CMD_SESSION: /* embedded in the session */
-			ura__session_notice(cmd->session);
-			break;
-		default: /* GET_TASKS, FLUSH */
-			ura__session_command(cmd);
-			break;
-		}
+		cmd->run(cmd, false);
 	}
 	return n;
 }
@@ -395,19 +391,47 @@ static unsigned run_deferred(ura_loop *loop)
 	return n;
 }
 
+/* ------------------------------------------------------------- tags */
+
+static void wake_cqe(ura_loop *loop, uint64_t payload, int32_t res)
+{
+	(void)payload, (void)res;
+	loop->wake_armed = false;
+	arm_wake(loop);
+}
+
+static void cancel_cqe(ura_loop *loop, uint64_t payload, int32_t res)
+{
+	(void)loop;
+	ura__session_cancel_reaped((ura_session *)(uintptr_t)payload, res);
+}
+
+static void retry_cqe(ura_loop *loop, uint64_t payload, int32_t res)
+{
+	(void)loop, (void)res;
+	ura__session_retry_fired((ura_session *)(uintptr_t)payload);
+}
+
+static void ignore_cqe(ura_loop *loop, uint64_t payload, int32_t res)
+{
+	(void)loop, (void)payload, (void)res;
+}
+
+/* The handler of each runtime tag kind (loop.h): every kind has one. */
+static void (*const tag_handlers[])(ura_loop *loop, uint64_t payload, int32_t res) = {
+	[URA__TAG_KIND_NONE] = ignore_cqe,
+	[URA__TAG_KIND_WAKE] = wake_cqe,
+	[URA__TAG_KIND_WAKE_CANCEL] = ignore_cqe,
+	[URA__TAG_KIND_CANCEL] = cancel_cqe,
+	[URA__TAG_KIND_RETRY] = retry_cqe,
+	[URA__TAG_KIND_IGNORE] = ignore_cqe,
+};
+_Static_assert(sizeof(tag_handlers) / sizeof(tag_handlers[0]) == URA__TAG_KINDS,
+	       "every runtime tag kind needs a handler in tag_handlers");
+
 static void internal_cqe(ura_loop *loop, uint64_t user_data, int32_t res)
 {
-	if (user_data == URA__TAG_WAKE) {
-		loop->wake_armed = false;
-		arm_wake(loop);
-		return;
-	}
-	if ((user_data & URA__TAG_CANCEL) == URA__TAG_CANCEL) {
-		ura_session *s = (ura_session *)(uintptr_t)(user_data & ~URA__TAG_CANCEL);
-		ura__session_cancel_reaped(s, res);
-	} else if ((user_data & URA__TAG_RETRY) == URA__TAG_RETRY) {
-		ura__session_retry_fired((ura_session *)(uintptr_t)(user_data & ~URA__TAG_RETRY));
-	}
+	tag_handlers[ura__tag_kind(user_data)](loop, user_data & URA__TAG_PAYLOAD_MASK, res);
 }
 
 /*
@@ -638,7 +662,7 @@ static void disarm_wake(ura_loop *loop, uint64_t deadline)
 	}
 	if (q) {
 		io_uring_prep_cancel64(q, URA__TAG_WAKE, 0);
-		io_uring_sqe_set_data64(q, URA__TAG_BIT | 2ull);
+		io_uring_sqe_set_data64(q, ura__tag(URA__TAG_KIND_WAKE_CANCEL, 0));
 	}
 	const struct __kernel_timespec tick = { .tv_nsec = 100 * 1000 * 1000 };
 	while (loop->wake_armed && ura__now_ns() < deadline)
@@ -686,15 +710,12 @@ void ura_loop_free(ura_loop *loop)
 				tail->next = ura__inbox_take(&loop->inbox);
 				break;
 			}
+	/* Each handler releases what its command holds (abandon_all has already released
+	 * the session count units of submits and requests). */
 	for (struct ura__inbox_node *n = left; n;) {
 		struct ura__cmd *cmd = (struct ura__cmd *)n;
 		n = n->next;
-		/* A session's notice holds a reference and is embedded in the session; the
-		 * others held a count unit, which abandon_all has already released. */
-		if (cmd->kind == URA__CMD_SESSION)
-			ura__session_notice_drop(cmd->session);
-		else if (cmd->kind != URA__CMD_CALL) /* embedded in its owner */
-			ura__free(cmd);
+		cmd->run(cmd, true);
 	}
 	for (uint32_t i = 0; i < loop->deferred.len; i++) {
 		struct ura__deferred *d = (struct ura__deferred *)loop->deferred.items + i;

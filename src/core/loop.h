@@ -1,10 +1,12 @@
-/* The loop: ring, run loop, completion reaper, cross-thread inbox and wakeup. */
+/* The loop: ring, run loop, completion reaper, cross-thread inbox and wakeup; the
+ * command node and the runtime tag kinds every layer sends and submits through. */
 #ifndef URA_LOOP_H
 #define URA_LOOP_H
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <liburing.h>
@@ -21,41 +23,55 @@
  * every enter on kernels with page-table isolation (see enter.h). */
 #define URA__HOT __attribute__((hot))
 
-/* user_data values with bit 63 set are the runtime's own; task handles never set it. */
+/*
+ * Runtime tags: user_data values with bit 63 set are the runtime's own (task handles
+ * never set it). Bits 62..60 hold the kind, which picks the CQE's handler (loop.c,
+ * tag_handlers); the bits below hold the kind's payload, a session pointer for CANCEL
+ * and RETRY (user-space, below 2^57 even with 5-level page tables).
+ */
 #define URA__TAG_BIT (1ull << 63)
-#define URA__TAG_WAKE (URA__TAG_BIT | 1ull)
-/* An ASYNC_CANCEL SQE: the tag plus the session pointer (user-space, below 2^47). */
-#define URA__TAG_CANCEL (URA__TAG_BIT | (1ull << 62))
-/* A session's cancel-retry timer (session.c): the tag plus the session pointer. */
-#define URA__TAG_RETRY (URA__TAG_BIT | (1ull << 61))
-/* A runtime SQE whose CQE needs no action (a timer's removal). */
-#define URA__TAG_IGNORE (URA__TAG_BIT | 4ull)
+#define URA__TAG_KIND_SHIFT 60
+#define URA__TAG_PAYLOAD_MASK ((1ull << URA__TAG_KIND_SHIFT) - 1)
 
-/* Commands sent to the loop thread through the inbox. */
-enum ura__cmd_kind {
-	URA__CMD_SUBMIT,     /* a task accepted on another thread */
-	URA__CMD_CANCEL,     /* ura_task_cancel from another thread */
-	URA__CMD_RESUME,     /* ura_task_resume from another thread */
-	URA__CMD_POST,       /* ura_loop_post */
-	URA__CMD_SESSION,    /* a session's notice (embedded in it, see session.c) */
-	URA__CMD_GET_TASKS,  /* get_all_tasks / get_tasks */
-	URA__CMD_FLUSH,      /* flush / reset barrier */
-	URA__CMD_CALL,       /* fn(arg) with a command embedded in its owner: never freed */
+enum ura__tag_kind {
+	URA__TAG_KIND_NONE,        /* on no SQE: what a test's lost cancel aims at */
+	URA__TAG_KIND_WAKE,        /* the eventfd read that wakes the loop */
+	URA__TAG_KIND_WAKE_CANCEL, /* ura_loop_free's cancel of that read */
+	URA__TAG_KIND_CANCEL,      /* a per-task ASYNC_CANCEL; payload: its session */
+	URA__TAG_KIND_RETRY,       /* a session's cancel-retry timer; payload: the session */
+	URA__TAG_KIND_IGNORE,      /* a runtime SQE whose CQE needs no action */
+	URA__TAG_KINDS
 };
+_Static_assert(URA__TAG_KINDS <= 8, "tag kinds fit bits 62..60");
 
+static inline uint64_t ura__tag(enum ura__tag_kind kind, uint64_t payload)
+{
+	return URA__TAG_BIT | (uint64_t)kind << URA__TAG_KIND_SHIFT | payload;
+}
+
+static inline enum ura__tag_kind ura__tag_kind(uint64_t user_data)
+{
+	return (enum ura__tag_kind)((user_data >> URA__TAG_KIND_SHIFT) & 7);
+}
+
+#define URA__TAG_WAKE ura__tag(URA__TAG_KIND_WAKE, 0)
+
+/*
+ * A command to the loop thread, sent through the inbox. It is embedded in a typed
+ * struct owned by the layer that sends it (task.c's submit, cancel and resume,
+ * session.c's notice and requests, loop.c's post, conn.c's calls), and carries its own
+ * handler: the loop runs run(cmd, false) and knows nothing of the kinds. ura_loop_free
+ * runs what is left after the ring is gone with discard = true: the handler then only
+ * releases what the command holds (frees itself, drops a reference), by its own rule.
+ */
 struct ura__cmd {
 	struct ura__inbox_node node; /* first: the inbox links commands through it */
-	uint8_t kind;
-	uint8_t variant;             /* GET_TASKS: all or by kind; FLUSH: flush or reset */
-	ura_task task;
-	ura_session *session;        /* holds a reference for SESSION, GET_TASKS, FLUSH */
-	uint64_t barrier_tag;        /* SUBMIT: the task's tag; FLUSH: the barrier's */
-	void *fn;
-	void *arg;
-	/* SUBMIT, and the SQE copy kept while a task is suspended or backlogged. */
-	struct io_uring_sqe sqe;
-	struct __kernel_timespec ts;
+	void (*run)(struct ura__cmd *cmd, bool discard);
 };
+
+/* The struct of the given type whose member is at ptr (a command embedded in it). */
+#define URA__CONTAINER_OF(ptr, type, member) \
+	((type *)(void *)((char *)(ptr) - offsetof(type, member)))
 
 /* Loop-thread work deferred to the next drain (no allocation). */
 struct ura__deferred {

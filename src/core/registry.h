@@ -22,7 +22,7 @@ enum ura__slot_state {
 /* The generation is 31 bits so a handle never sets bit 63 (reserved for internal tags). */
 #define URA__GEN_MASK 0x7fffffffu
 
-struct ura__cmd;
+struct ura__submit_cmd;
 
 /*
  * One task. 64 bytes, one cache line. Fields marked "loop" are touched only by the loop
@@ -47,7 +47,7 @@ struct ura__slot {
 	void *arg;
 	union {
 		struct __kernel_timespec ts;    /* ura_timeout: the kernel reads it in flight */
-		struct ura__cmd *pending;     /* SQE copy while PENDING/SUSPENDED */
+		struct ura__submit_cmd *pending; /* SQE copy while PENDING/SUSPENDED (task.c) */
 	} u;
 };
 _Static_assert(sizeof(struct ura__slot) <= 64, "a registry slot must fit one cache line");

@@ -29,6 +29,8 @@
 #include "session.h"
 #include "task.h"
 
+static void run_notice(struct ura__cmd *cmd, bool discard);
+
 static ura_session *session_alloc(ura_loop *loop, const struct ura_session_delegate *d, void *ctx)
 {
 	ura_session *s = ura__zalloc_aligned(sizeof(*s), ura__one_page_align(sizeof(*s)));
@@ -41,6 +43,9 @@ static ura_session *session_alloc(ura_loop *loop, const struct ura_session_deleg
 	if (d)
 		s->delegate = *d;
 	s->ctx = ctx;
+	/* Written once, never again: a notifier may queue the notice while the loop still
+	 * runs it (only its inbox link changes). */
+	s->notice.run = run_notice;
 	pthread_mutex_init(&s->desc_lock, NULL);
 	return s;
 }
@@ -173,26 +178,26 @@ static void notify_loop(ura_session *s)
 		return;
 	}
 	ura_session_ref(s); /* until the loop has handled the notice */
-	s->notice.kind = URA__CMD_SESSION;
-	s->notice.session = s;
 	/* Also on the loop thread through the inbox: never inside the caller's call. */
 	ura__loop_send(loop, &s->notice);
 	if (!on_loop)
 		ura__loop_leave(loop);
 }
 
-void ura__session_notice(ura_session *s)
+/* The notice's handler: takes it off the queue, checks the session, drops the notice's
+ * reference. Discarded (the ring is gone, the session has ended): only the last. */
+static void run_notice(struct ura__cmd *cmd, bool discard)
 {
+	ura_session *s = URA__CONTAINER_OF(cmd, ura_session, notice);
+	if (discard) {
+		atomic_store_explicit(&s->notice_queued, false, memory_order_relaxed);
+		ura_session_unref(s);
+		return;
+	}
 	/* acq_rel: acquire pairs with the notifiers' release exchange (see notify_loop);
 	 * a notifier after this exchange queues the notice again. */
 	atomic_exchange_explicit(&s->notice_queued, false, memory_order_acq_rel);
 	ura__session_check(s);
-	ura_session_unref(s);
-}
-
-void ura__session_notice_drop(ura_session *s)
-{
-	atomic_store_explicit(&s->notice_queued, false, memory_order_relaxed);
 	ura_session_unref(s);
 }
 
@@ -328,7 +333,7 @@ static void arm_cancel_retry(ura_session *s)
 		s->retry_ms = RETRY_FIRST_MS;
 	s->retry_ts = (struct __kernel_timespec){ .tv_nsec = (long long)s->retry_ms * 1000000 };
 	io_uring_prep_timeout(q, &s->retry_ts, 0, 0);
-	io_uring_sqe_set_data64(q, URA__TAG_RETRY | (uint64_t)(uintptr_t)s);
+	io_uring_sqe_set_data64(q, ura__tag(URA__TAG_KIND_RETRY, (uintptr_t)s));
 	s->retry_armed = true;
 	loop->retry_timers++;
 }
@@ -340,8 +345,8 @@ static void remove_cancel_retry(ura_session *s)
 	struct io_uring_sqe *q = ura__loop_cancel_sqe(s->loop);
 	if (!q)
 		return;
-	io_uring_prep_timeout_remove(q, URA__TAG_RETRY | (uint64_t)(uintptr_t)s, 0);
-	io_uring_sqe_set_data64(q, URA__TAG_IGNORE);
+	io_uring_prep_timeout_remove(q, ura__tag(URA__TAG_KIND_RETRY, (uintptr_t)s), 0);
+	io_uring_sqe_set_data64(q, ura__tag(URA__TAG_KIND_IGNORE, 0));
 	s->retry_removing = true;
 }
 
@@ -599,9 +604,33 @@ size_t ura_session_description(ura_session *s, char *buf, size_t len)
 
 /* ----------------------------------------------- get_tasks, flush, reset */
 
-static int send_request(ura_session *s, uint8_t kind, uint8_t variant, void *fn, void *arg)
+/*
+ * A get_tasks, flush or reset request: counted in the session (a unit of its state word)
+ * until answered, so the final event waits for it. Its handler says which: run_get_all,
+ * run_get_by_kind or run_barrier, each reading its own member of fn.
+ */
+struct request {
+	struct ura__cmd cmd;
+	ura_session *s;
+	union {
+		void (*all)(ura_session *, const ura_task *, size_t, void *);
+		void (*by_kind)(ura_session *, const ura_task *, size_t, const ura_task *,
+				size_t, const ura_task *, size_t, void *);
+		void (*barrier)(ura_session *, void *);
+	} fn;
+	void *arg;
+	uint64_t barrier_tag; /* a flush or reset: the barrier's (barrier.c) */
+	bool reset;
+};
+
+static void run_get_all(struct ura__cmd *cmd, bool discard);
+static void run_get_by_kind(struct ura__cmd *cmd, bool discard);
+static void run_barrier(struct ura__cmd *cmd, bool discard);
+
+/* Sends a copy of req (with s and its barrier tag filled in) to the loop. */
+static int send_request(ura_session *s, const struct request *req)
 {
-	if (!s || !fn)
+	if (!s)
 		return -EINVAL;
 	if (atomic_load_explicit(&s->state, memory_order_acquire) & URA__SS_FLAGS)
 		return -ESHUTDOWN;
@@ -610,37 +639,35 @@ static int send_request(ura_session *s, uint8_t kind, uint8_t variant, void *fn,
 	if (!on_loop && !ura__loop_enter(loop))
 		return -ESHUTDOWN;
 	int r = -ENOMEM;
-	struct ura__cmd *cmd = ura__malloc(sizeof(*cmd));
+	struct request *cmd = ura__malloc(sizeof(*cmd));
 	if (cmd && (r = ura__session_count_get(s)) < 0)
 		ura__free(cmd);
 	if (r == 0) {
-		cmd->kind = kind;
-		cmd->variant = variant;
-		cmd->session = s;
-		cmd->fn = fn;
-		cmd->arg = arg;
+		*cmd = *req;
+		cmd->s = s;
 		/* A barrier covers the tasks live at the call, on whatever thread: its tag
 		 * is taken now (barrier.c). Relaxed: the RMW's place in the counter's order
 		 * is all that matters (see ura__session_barrier_tag). */
-		if (kind == URA__CMD_FLUSH)
+		if (cmd->cmd.run == run_barrier)
 			cmd->barrier_tag = atomic_fetch_add_explicit(&s->barrier_calls, 1,
 								     memory_order_relaxed);
 		/* Always through the inbox, also on the loop thread: the answer is
 		 * asynchronous. */
-		ura__loop_send(loop, cmd);
+		ura__loop_send(loop, &cmd->cmd);
 	}
 	if (!on_loop)
 		ura__loop_leave(loop);
 	return r;
 }
 
-enum { GET_ALL, GET_BY_KIND, BARRIER_FLUSH, BARRIER_RESET };
-
 int ura_session_get_all_tasks(ura_session *s,
 			      void (*fn)(ura_session *, const ura_task *, size_t, void *),
 			      void *arg)
 {
-	return send_request(s, URA__CMD_GET_TASKS, GET_ALL, (void *)fn, arg);
+	if (!fn)
+		return -EINVAL;
+	return send_request(s, &(struct request){ .cmd.run = run_get_all, .fn.all = fn,
+						  .arg = arg });
 }
 
 int ura_session_get_tasks(ura_session *s,
@@ -648,17 +675,26 @@ int ura_session_get_tasks(ura_session *s,
 				     size_t, const ura_task *, size_t, void *),
 			  void *arg)
 {
-	return send_request(s, URA__CMD_GET_TASKS, GET_BY_KIND, (void *)fn, arg);
+	if (!fn)
+		return -EINVAL;
+	return send_request(s, &(struct request){ .cmd.run = run_get_by_kind, .fn.by_kind = fn,
+						  .arg = arg });
 }
 
 int ura_session_flush(ura_session *s, void (*fn)(ura_session *, void *), void *arg)
 {
-	return send_request(s, URA__CMD_FLUSH, BARRIER_FLUSH, (void *)fn, arg);
+	if (!fn)
+		return -EINVAL;
+	return send_request(s, &(struct request){ .cmd.run = run_barrier, .fn.barrier = fn,
+						  .arg = arg });
 }
 
 int ura_session_reset(ura_session *s, void (*fn)(ura_session *, void *), void *arg)
 {
-	return send_request(s, URA__CMD_FLUSH, BARRIER_RESET, (void *)fn, arg);
+	if (!fn)
+		return -EINVAL;
+	return send_request(s, &(struct request){ .cmd.run = run_barrier, .fn.barrier = fn,
+						  .arg = arg, .reset = true });
 }
 
 /* Lists live tasks that are neither cancelling nor done; by kind when by_kind
@@ -695,34 +731,50 @@ static int64_t collect(ura_session *s, bool by_kind, size_t counts[3])
 	return (int64_t)out;
 }
 
-void ura__session_command(struct ura__cmd *cmd)
+/* Answers a get_tasks request once, with an empty list when memory ran out. Discarded:
+ * freed; ura__session_abandon_all has released its count unit. */
+static void answer_get_tasks(struct ura__cmd *cmd, bool discard, bool by_kind)
 {
-	ura_session *s = cmd->session;
-	if (cmd->kind == URA__CMD_GET_TASKS) {
-		size_t c[3];
-		int64_t n = collect(s, cmd->variant == GET_BY_KIND, c);
-		if (n < 0)
-			n = 0, c[0] = c[1] = c[2] = 0; /* no memory: an empty answer, still once */
-		if (cmd->variant == GET_ALL) {
-			void (*fn)(ura_session *, const ura_task *, size_t, void *) = cmd->fn;
-			fn(s, s->scratch, (size_t)n, cmd->arg);
-		} else {
-			void (*fn)(ura_session *, const ura_task *, size_t, const ura_task *, size_t,
-				   const ura_task *, size_t, void *) = cmd->fn;
-			fn(s, s->scratch, c[0], s->scratch + c[0], c[1], s->scratch + c[0] + c[1],
-			   c[2], cmd->arg);
-		}
-		ura__free(cmd);
-		ura__session_count_put(s);
+	struct request *req = (struct request *)cmd;
+	ura_session *s = req->s;
+	if (discard) {
+		ura__free(req);
 		return;
 	}
-	/* FLUSH / RESET: a barrier behind the tasks live at the call (barrier.c). */
-	if (ura__barrier_add(s, cmd->barrier_tag, cmd->variant == BARRIER_RESET,
-			     (void (*)(ura_session *, void *))cmd->fn, cmd->arg) < 0) {
-		ura__loop_send(s->loop, cmd); /* no memory: try again at the next drain */
+	size_t c[3];
+	int64_t n = collect(s, by_kind, c);
+	if (n < 0)
+		n = 0, c[0] = c[1] = c[2] = 0; /* no memory: an empty answer, still once */
+	if (by_kind)
+		req->fn.by_kind(s, s->scratch, c[0], s->scratch + c[0], c[1],
+				s->scratch + c[0] + c[1], c[2], req->arg);
+	else
+		req->fn.all(s, s->scratch, (size_t)n, req->arg);
+	ura__free(req);
+	ura__session_count_put(s);
+}
+
+static void run_get_all(struct ura__cmd *cmd, bool discard)
+{
+	answer_get_tasks(cmd, discard, false);
+}
+
+static void run_get_by_kind(struct ura__cmd *cmd, bool discard)
+{
+	answer_get_tasks(cmd, discard, true);
+}
+
+/* A flush or reset: a barrier behind the tasks live at the call (barrier.c), which
+ * releases the count unit when it has answered. Discarded: as for get_tasks. */
+static void run_barrier(struct ura__cmd *cmd, bool discard)
+{
+	struct request *req = (struct request *)cmd;
+	if (!discard && ura__barrier_add(req->s, req->barrier_tag, req->reset, req->fn.barrier,
+					 req->arg) < 0) {
+		ura__loop_send(req->s->loop, cmd); /* no memory: try again at the next drain */
 		return;
 	}
-	ura__free(cmd);
+	ura__free(req);
 }
 
 int ura_session_stats(ura_session *s, struct ura_session_stats *out)

@@ -293,13 +293,6 @@ void ura__session_retry_fired(ura_session *s);
 /* Looks at s after a notice: starts watching, cancels on request,
  * and emits the final event when nothing is left. Loop thread. */
 void ura__session_check(ura_session *s);
-/* Handles the session's embedded notice (URA__CMD_SESSION): takes it off the queue,
- * checks the session, drops the notice's reference. Loop thread. */
-void ura__session_notice(ura_session *s);
-/* ura_loop_free: a notice left in the inbox after the ring is gone. */
-void ura__session_notice_drop(ura_session *s);
-/* Handles URA__CMD_GET_TASKS and URA__CMD_FLUSH. Loop thread. */
-void ura__session_command(struct ura__cmd *cmd);
 /* ura_loop_free: invalidate and cancel every session, with error. Loop thread. */
 void ura__session_invalidate_all(ura_loop *loop, int error);
 /* ura_loop_free's last resort after the ring is gone: finish what is left. */

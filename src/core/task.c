@@ -26,6 +26,28 @@
 #include "session.h"
 #include "task.h"
 
+/*
+ * A task accepted on another thread, on its way to the loop (a command); then, kept in
+ * its slot's u.pending, the SQE copy of a task that is not in the ring yet (suspended or
+ * backlogged, however it was accepted). Freed once the SQE is in the ring or the task
+ * has ended.
+ */
+struct ura__submit_cmd {
+	struct ura__cmd cmd;
+	ura_session *session;  /* holds a count unit until the loop links the task */
+	ura_task task;
+	uint64_t barrier_tag;  /* taken at the submit, linked later */
+	struct io_uring_sqe sqe;
+	struct __kernel_timespec ts;
+};
+
+/* A cancel or resume from another thread: the state changed there; the loop acts. */
+struct task_cmd {
+	struct ura__cmd cmd;
+	ura_loop *loop;
+	ura_task task;
+};
+
 static uint64_t load_gs(struct ura__slot *slot)
 {
 	/* Acquire: pairs with the release store that published the state, so the slot's
@@ -81,7 +103,7 @@ static bool backlog_busy(ura_loop *loop)
 }
 
 /* Keeps the SQE (and timespec) of a task that cannot go to the ring yet. Takes cmd. */
-static void keep_pending(struct ura__slot *slot, struct ura__cmd *cmd)
+static void keep_pending(struct ura__slot *slot, struct ura__submit_cmd *cmd)
 {
 	slot->u.pending = cmd;
 	slot->lflags |= URA__TF_HAS_PENDING;
@@ -96,13 +118,13 @@ static bool place_pending(ura_loop *loop, uint32_t index, struct ura__slot *slot
 		return false;
 	if (!cas_state(slot, ura__handle_gen(t), URA__SLOT_PENDING, URA__SLOT_RUNNING))
 		return true; /* cancelled meanwhile: its deferred cancel finishes it */
-	struct ura__cmd *cmd = slot->u.pending;
+	struct ura__submit_cmd *cmd = slot->u.pending;
 	slot->lflags &= (uint8_t)~URA__TF_HAS_PENDING;
 	if (slot->lflags & URA__TF_QUEUED)
 		ura__loop_unqueue(loop, slot);
-	/* cmd->ts is read only for a timeout: it is on the command's third cache line, which
-	 * another thread wrote (a miss measured on every cross-thread task). cmd outlives
-	 * the copy, so u.ts (over u.pending) may be written from it directly. */
+	/* cmd->ts is read only for a timeout: it is past the SQE, on a line another thread
+	 * wrote (a miss measured on every cross-thread task). cmd outlives the copy, so u.ts
+	 * (over u.pending) may be written from it directly. */
 	fill_sqe(io_uring_get_sqe(&loop->ring), &cmd->sqe, &cmd->ts, slot, t);
 	ura__free(cmd);
 	return true;
@@ -133,9 +155,10 @@ static int accept_on_loop(ura_loop *loop, uint32_t index, struct ura__slot *slot
 	/* Room in the backlog first: once linked, the task could not be refused. */
 	if (!suspended && ura__vec_reserve(&loop->backlog, sizeof(t)) < 0)
 		return -ENOMEM;
-	struct ura__cmd *cmd = ura__malloc(sizeof(*cmd));
+	struct ura__submit_cmd *cmd = ura__malloc(sizeof(*cmd));
 	if (!cmd)
 		return -ENOMEM;
+	cmd->cmd.run = NULL; /* never sent: only the slot's SQE copy */
 	memcpy(&cmd->sqe, sqe, sizeof(*sqe));
 	if (ts)
 		cmd->ts = *ts;
@@ -188,6 +211,8 @@ static int submit_on_loop(ura_session *s, ura_loop *loop, const struct io_uring_
 	return 0;
 }
 
+static void run_submit(struct ura__cmd *cmd, bool discard);
+
 /* Inside the loop's gate (ura__loop_enter). */
 static int submit_remote(ura_session *s, ura_loop *loop, const struct io_uring_sqe *sqe,
 			 unsigned flags, const struct __kernel_timespec *ts, ura_task_fn fn,
@@ -204,7 +229,7 @@ static int submit_remote(ura_session *s, ura_loop *loop, const struct io_uring_s
 	}
 	int r = -ENOMEM;
 	/* Allocated before the task is counted: a failure here needs no undo. */
-	struct ura__cmd *cmd = ura__malloc(sizeof(*cmd));
+	struct ura__submit_cmd *cmd = ura__malloc(sizeof(*cmd));
 	if (!cmd || (r = ura__session_count_get(s)) < 0) {
 		ura__free(cmd);
 		atomic_fetch_sub_explicit(&loop->queued, 1, memory_order_relaxed);
@@ -220,7 +245,7 @@ static int submit_remote(ura_session *s, ura_loop *loop, const struct io_uring_s
 	}
 	struct ura__slot *slot = ura__registry_slot_at(&loop->registry, (uint32_t)idx);
 	slot->lflags |= URA__TF_QUEUED; /* until it reaches the ring, is suspended or ends */
-	cmd->kind = URA__CMD_SUBMIT;
+	cmd->cmd.run = run_submit;
 	cmd->task = t;
 	cmd->session = s;
 	cmd->barrier_tag = ura__session_barrier_tag(s); /* submitted now, linked later */
@@ -230,7 +255,7 @@ static int submit_remote(ura_session *s, ura_loop *loop, const struct io_uring_s
 	/* Published with release: the loop (and cancellers) see the slot's fields. */
 	set_state(slot, ura__handle_gen(t),
 		  (flags & URA_SUBMIT_SUSPENDED) ? URA__SLOT_SUSPENDED : URA__SLOT_PENDING);
-	ura__loop_send(loop, cmd);
+	ura__loop_send(loop, &cmd->cmd);
 	if (out)
 		*out = t;
 	return 0;
@@ -334,8 +359,9 @@ static bool cancel_sqe_try(ura_loop *loop, ura_session *s, ura_task t)
 		return false;
 	/* A test's lost cancel aims at a user_data no request has, so the kernel answers
 	 * -ENOENT while t lives on: what a cancel that races a re-arming request sees. */
-	io_uring_prep_cancel64(q, ura__fault(URA__FAULT_CANCEL_MISS) ? URA__TAG_BIT : t, 0);
-	io_uring_sqe_set_data64(q, URA__TAG_CANCEL | (uint64_t)(uintptr_t)s);
+	io_uring_prep_cancel64(q, ura__fault(URA__FAULT_CANCEL_MISS) ?
+				  ura__tag(URA__TAG_KIND_NONE, 0) : t, 0);
+	io_uring_sqe_set_data64(q, ura__tag(URA__TAG_KIND_CANCEL, (uintptr_t)s));
 	return true;
 }
 
@@ -420,7 +446,7 @@ struct task_call {
 	struct ura__slot *slot;
 	uint64_t gs;
 	bool on_loop;
-	struct ura__cmd *cmd;
+	struct task_cmd *cmd;
 };
 
 /* The common start of cancel and resume: find the task and, off the loop thread, enter
@@ -450,18 +476,22 @@ static int task_call_begin(ura_session *s, ura_task t, struct task_call *call)
 
 /* Hands a cancel or resume that took effect to the loop thread (cmd NULL: it did not,
  * or this is the loop thread), and leaves the loop. */
-static void task_call_end(ura_session *s, ura_task t, struct task_call *call, uint8_t kind)
+static void task_call_end(ura_session *s, ura_task t, struct task_call *call,
+			  void (*run)(struct ura__cmd *, bool))
 {
 	if (call->on_loop)
 		return;
 	if (call->cmd) {
-		call->cmd->kind = kind;
+		call->cmd->cmd.run = run;
+		call->cmd->loop = s->loop;
 		call->cmd->task = t;
-		call->cmd->session = s;
-		ura__loop_send(s->loop, call->cmd);
+		ura__loop_send(s->loop, &call->cmd->cmd);
 	}
 	ura__loop_leave(s->loop);
 }
+
+static void run_cancel(struct ura__cmd *cmd, bool discard);
+static void run_resume(struct ura__cmd *cmd, bool discard);
 
 int ura_task_cancel(ura_session *s, ura_task t)
 {
@@ -476,7 +506,7 @@ int ura_task_cancel(ura_session *s, ura_task t)
 	} else if (call.on_loop) {
 		cancel_marked(s->loop, ura__handle_index(t), call.slot, t);
 	}
-	task_call_end(s, t, &call, URA__CMD_CANCEL);
+	task_call_end(s, t, &call, run_cancel);
 	return r;
 }
 
@@ -501,7 +531,7 @@ int ura_task_resume(ura_session *s, ura_task t)
 	}
 	/* On the loop thread an unlinked task's SUBMIT is still in the inbox, and that
 	 * command will find it PENDING. */
-	task_call_end(s, t, &call, URA__CMD_RESUME);
+	task_call_end(s, t, &call, run_resume);
 	return r;
 }
 
@@ -517,7 +547,7 @@ static struct ura__slot *cmd_slot(ura_loop *loop, ura_task t, uint64_t *gs)
 	return slot;
 }
 
-static void command_submit(ura_loop *loop, struct ura__cmd *cmd)
+static void command_submit(ura_loop *loop, struct ura__submit_cmd *cmd)
 {
 	uint64_t gs;
 	ura_task t = cmd->task;
@@ -547,29 +577,38 @@ static void command_submit(ura_loop *loop, struct ura__cmd *cmd)
 	}
 }
 
-void ura__task_command(ura_loop *loop, struct ura__cmd *cmd)
+/* A task accepted on another thread reaches the loop; the slot keeps cmd as its SQE
+ * copy. Discarded: the slot goes with the registry, the count unit was released. */
+static void run_submit(struct ura__cmd *cmd, bool discard)
 {
+	struct ura__submit_cmd *sc = (struct ura__submit_cmd *)cmd;
+	if (discard)
+		ura__free(sc);
+	else
+		command_submit(sc->session->loop, sc);
+}
+
+static void run_cancel(struct ura__cmd *cmd, bool discard)
+{
+	struct task_cmd *tc = (struct task_cmd *)cmd;
 	uint64_t gs;
 	struct ura__slot *slot;
-	switch (cmd->kind) {
-	case URA__CMD_SUBMIT:
-		command_submit(loop, cmd); /* the slot keeps cmd as its SQE copy */
-		return;
-	case URA__CMD_CANCEL:
-		slot = cmd_slot(loop, cmd->task, &gs);
-		if (slot && ura__gs_state(gs) == URA__SLOT_CANCELING)
-			cancel_marked(loop, ura__handle_index(cmd->task), slot, cmd->task);
-		break;
-	case URA__CMD_RESUME:
-		slot = cmd_slot(loop, cmd->task, &gs);
-		if (slot && ura__gs_state(gs) == URA__SLOT_PENDING &&
-		    !(slot->lflags & (URA__TF_IN_RING | URA__TF_BACKLOG)))
-			place_or_backlog(loop, ura__handle_index(cmd->task), slot, cmd->task);
-		break;
-	default:
-		break;
-	}
-	ura__free(cmd);
+	if (!discard && (slot = cmd_slot(tc->loop, tc->task, &gs)) &&
+	    ura__gs_state(gs) == URA__SLOT_CANCELING)
+		cancel_marked(tc->loop, ura__handle_index(tc->task), slot, tc->task);
+	ura__free(tc);
+}
+
+static void run_resume(struct ura__cmd *cmd, bool discard)
+{
+	struct task_cmd *tc = (struct task_cmd *)cmd;
+	uint64_t gs;
+	struct ura__slot *slot;
+	if (!discard && (slot = cmd_slot(tc->loop, tc->task, &gs)) &&
+	    ura__gs_state(gs) == URA__SLOT_PENDING &&
+	    !(slot->lflags & (URA__TF_IN_RING | URA__TF_BACKLOG)))
+		place_or_backlog(tc->loop, ura__handle_index(tc->task), slot, tc->task);
+	ura__free(tc);
 }
 
 void ura__task_deferred_cancel(ura_loop *loop, ura_task t)

@@ -68,8 +68,6 @@ static inline int ura__fast_commit(struct ura__fast *f, ura_task_fn fn, void *ar
 	return 0;
 }
 
-/* Inbox commands SUBMIT, CANCEL and RESUME. Loop thread. */
-void ura__task_command(ura_loop *loop, struct ura__cmd *cmd);
 /*
  * A task's end, from its terminal CQE or without one (ura__task_finish_now): counts a
  * task the cancel ended, retires its slot, makes the terminal call and lets the session finish

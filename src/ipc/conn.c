@@ -118,8 +118,8 @@ static int conn_alloc(ura_loop *loop, ura_conn **out)
 	atomic_init(&c->user_refs, 1);
 	/* Written once here, never again: drain_cmd is reused while another thread may be
 	 * queueing it (only its inbox link changes). */
-	c->drain_cmd.kind = URA__CMD_CALL;
-	c->drain_cmd.fn = (void *)ura__conn_drain_sends;
+	c->drain_cmd.cmd.run = ura__conn_call_run;
+	c->drain_cmd.fn = ura__conn_drain_sends;
 	c->drain_cmd.arg = c;
 	pthread_mutex_init(&c->lock, NULL);
 	int r = ura_session_new(loop, &io_delegate, c, &c->io);
@@ -193,10 +193,18 @@ char *ura_conn_copy_invalidation_reason(ura_conn *c)
 
 /* --------------------------------------------------- commands to the loop */
 
-/* Runs fn(arg) now on the loop thread, or sends it there in cmd, a command embedded in
+void ura__conn_call_run(struct ura__cmd *cmd, bool discard)
+{
+	struct ura__conn_call *call = (struct ura__conn_call *)cmd;
+	if (!discard)
+		call->fn(call->arg);
+}
+
+/* Runs fn(arg) now on the loop thread, or sends it there in call, a command embedded in
  * its owner (no allocation). c is held until fn ran. false: the loop was freed (every
  * connection of it has ended), fn will never run and nothing was done. */
-bool ura__conn_run_on_loop(ura_conn *c, struct ura__cmd *cmd, void (*fn)(void *), void *arg)
+bool ura__conn_run_on_loop(ura_conn *c, struct ura__conn_call *call, void (*fn)(void *),
+			   void *arg)
 {
 	if (ura__on_loop(c->loop)) {
 		atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* until fn ran */
@@ -206,10 +214,10 @@ bool ura__conn_run_on_loop(ura_conn *c, struct ura__cmd *cmd, void (*fn)(void *)
 	if (!ura__loop_enter(c->loop))
 		return false;
 	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* until fn ran */
-	cmd->kind = URA__CMD_CALL;
-	cmd->fn = (void *)fn;
-	cmd->arg = arg;
-	ura__loop_send(c->loop, cmd);
+	call->cmd.run = ura__conn_call_run;
+	call->fn = fn;
+	call->arg = arg;
+	ura__loop_send(c->loop, &call->cmd);
 	ura__loop_leave(c->loop);
 	return true;
 }

@@ -27,6 +27,16 @@
 /* How long a connection whose peer half-closed may take to write what it accepted. */
 #define URA__CONN_CLOSE_TIMEOUT_NS (30ull * 1000 * 1000 * 1000)
 
+/* A call to the loop thread, fn(arg), embedded in the connection or an op, so sending
+ * it cannot fail (conn.c, ura__conn_run_on_loop). */
+struct ura__conn_call {
+	struct ura__cmd cmd;
+	void (*fn)(void *arg);
+	void *arg;
+};
+/* Its handler. Discarded by ura_loop_free: nothing (embedded, never freed here). */
+void ura__conn_call_run(struct ura__cmd *cmd, bool discard);
+
 /* A message waiting to be written, framed. */
 struct ura__out {
 	struct ura__out *next;
@@ -87,12 +97,12 @@ struct ura_conn {
 	char reason_buf[URA__CONN_REASON_MAX];
 	/* Activation and cancel happen once each and must not fail for want of memory: their
 	 * commands to the loop are embedded here. */
-	struct ura__cmd activate_cmd, cancel_cmd;
+	struct ura__conn_call activate_cmd, cancel_cmd;
 	/* Every send, from any thread, in the order the calls returned: an MPSC queue of
 	 * ops (conn_send.c, "the send queue"). drain_cmd is in the loop's inbox only while
 	 * sendq is not empty. sendq is on its own cache line: every sending thread writes it. */
 	struct ura__inbox sendq;
-	struct ura__cmd drain_cmd;
+	struct ura__conn_call drain_cmd;
 	ura_event_fn handler;       /* set before activation; read on the loop thread */
 	void *ctx;
 	uint32_t max_frame;
@@ -108,7 +118,7 @@ struct ura_conn {
 
 	/* Asks the loop thread to look at the connection again (conn_flow.c): embedded, so
 	 * it cannot fail, and in the loop's inbox at most once (poke_queued). */
-	struct ura__cmd poke_cmd;
+	struct ura__conn_call poke_cmd;
 	_Atomic bool poke_queued;
 
 	/* Loop thread only. */
@@ -159,7 +169,8 @@ void ura__conn_retain(ura_conn *c);
 void ura__conn_release(ura_conn *c);
 /* Runs fn(arg) on the loop thread, now or through cmd (embedded in its owner). c is held
  * until fn ran. false: the loop was freed, fn will never run. Any thread. */
-bool ura__conn_run_on_loop(ura_conn *c, struct ura__cmd *cmd, void (*fn)(void *), void *arg);
+bool ura__conn_run_on_loop(ura_conn *c, struct ura__conn_call *call, void (*fn)(void *),
+			   void *arg);
 /* The connection counts as a started handle of the loop (on) or stops counting. */
 void ura__conn_count_active(ura_conn *c, bool on);
 /* From here sends are refused (-ESHUTDOWN): reason first, then cancelled. */

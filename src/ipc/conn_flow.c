@@ -84,10 +84,10 @@ void ura__conn_poke(ura_conn *c)
 		    : !ura__loop_enter(loop))
 		return;
 	ura__conn_retain(c); /* until run_poke ran */
-	c->poke_cmd.kind = URA__CMD_CALL;
-	c->poke_cmd.fn = (void *)run_poke;
+	c->poke_cmd.cmd.run = ura__conn_call_run;
+	c->poke_cmd.fn = run_poke;
 	c->poke_cmd.arg = c;
-	ura__loop_send(loop, &c->poke_cmd);
+	ura__loop_send(loop, &c->poke_cmd.cmd);
 	if (!on_loop)
 		ura__loop_leave(loop);
 }

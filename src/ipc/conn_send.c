@@ -20,7 +20,7 @@ enum op_kind {
 };
 
 struct op {
-	struct ura__cmd cmd; /* to the loop, as a command or a send queue link: cannot fail */
+	struct ura__conn_call cmd; /* to the loop, as a command or a send queue link: cannot fail */
 	ura_conn *c; /* holds a reference until the op ran */
 	enum op_kind kind;
 	bool counted; /* in c->posting: every send and refused send */
@@ -71,7 +71,7 @@ static void enqueue_send(struct op *op)
 {
 	ura_conn *c = op->c;
 	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* until the op ran */
-	if (!ura__inbox_push(&c->sendq, &op->cmd.node))
+	if (!ura__inbox_push(&c->sendq, &op->cmd.cmd.node))
 		return; /* whoever found the queue empty has a drain coming */
 	if (ura__on_loop(c->loop) && !c->draining) {
 		ura__conn_drain_sends(c);
@@ -79,7 +79,7 @@ static void enqueue_send(struct op *op)
 	}
 	/* Our push read the NULL a take wrote (acquire, pairing with that take's release in
 	 * inbox.c): the loop is done with drain_cmd, so queueing it again is safe. */
-	ura__loop_send(c->loop, &c->drain_cmd);
+	ura__loop_send(c->loop, &c->drain_cmd.cmd);
 }
 
 /* Runs an op without a message on the loop thread (see ura__conn_run_on_loop): 0,

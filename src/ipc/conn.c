@@ -107,6 +107,7 @@ static int conn_alloc(ura_loop *loop, ura_conn **out)
 		return -ENOMEM;
 	c->loop = loop;
 	ura__loop_ref(loop); /* calls through c may read the loop's gate after its free */
+	ura__list_init(&c->held);
 	c->fd = -1;
 	c->max_frame = URA__FRAME_MAX_PAYLOAD_DEFAULT;
 	c->next_id = 1;

@@ -14,6 +14,7 @@
 
 #include "address.h"
 #include "frame.h"
+#include "list.h"
 #include "loop.h"
 #include "msg.h"
 
@@ -62,7 +63,7 @@ struct ura__request {
 /* An event held back while the connection is inactive or suspended. fn NULL: the
  * connection's handler. */
 struct ura__held_event {
-	struct ura__held_event *next;
+	struct ura__list link;    /* on c->held, oldest first */
 	struct ura_event ev;
 	ura_event_fn fn;
 	void *arg;
@@ -141,7 +142,7 @@ struct ura_conn {
 	struct msghdr mh;
 	struct ura__reply *replies[URA__REPLY_BUCKETS];
 	uint64_t next_id;
-	struct ura__held_event *held_head, *held_tail;
+	struct ura__list held;       /* struct ura__held_event, oldest first (conn_deliver.c) */
 	struct ura__frame_decoder dec;
 	bool active_counted;         /* a started handle of the loop (ura__loop_handle_start) */
 	bool final_held;             /* counted by ura__loop_final_hold */

@@ -65,7 +65,7 @@ void ura__conn_deliver(ura_conn *c, ura_event_fn fn, void *arg, const struct ura
 		return;
 	/* After the final event only reply handlers can be left (a send_with_reply that
 	 * raced the cancel): they are told at once, nothing waits for a resume any more. */
-	if ((!holding(c) && !c->held_head) || c->state == URA__CONN_DONE) {
+	if ((!holding(c) && ura__list_empty(&c->held)) || c->state == URA__CONN_DONE) {
 		call(c, fn, arg, ev);
 		return;
 	}
@@ -74,16 +74,11 @@ void ura__conn_deliver(ura_conn *c, ura_event_fn fn, void *arg, const struct ura
 		call(c, fn, arg, ev); /* out of memory: deliver now rather than lose it */
 		return;
 	}
-	h->next = NULL;
 	h->ev = *ev;
 	h->ev.msg = ura_msg_ref(ev->msg);
 	h->fn = fn;
 	h->arg = arg;
-	if (c->held_tail)
-		c->held_tail->next = h;
-	else
-		c->held_head = h;
-	c->held_tail = h;
+	ura__list_push_back(&c->held, &h->link);
 }
 
 void ura__conn_error_event(ura_conn *c, ura_event_fn fn, void *arg, enum ura_error e)
@@ -105,18 +100,14 @@ static void deliver_final(ura_conn *c);
  * now on); reply handlers keep their one call each. */
 void ura__conn_drop_held_handler_events(ura_conn *c)
 {
-	struct ura__held_event **p = &c->held_head;
-	c->held_tail = NULL;
-	while (*p) {
-		struct ura__held_event *h = *p;
-		if (!h->fn) {
-			*p = h->next;
-			ura_msg_unref(h->ev.msg);
-			ura__free(h);
+	struct ura__list *pos, *tmp;
+	ura__list_for_each_safe(pos, tmp, &c->held) {
+		struct ura__held_event *h = ura__list_entry(pos, struct ura__held_event, link);
+		if (h->fn)
 			continue;
-		}
-		c->held_tail = h;
-		p = &h->next;
+		ura__list_remove(&h->link);
+		ura_msg_unref(h->ev.msg);
+		ura__free(h);
 	}
 }
 
@@ -127,16 +118,15 @@ void ura__conn_flush_held(ura_conn *c)
 	if (c->state >= URA__CONN_CANCELLING)
 		ura__conn_drop_held_handler_events(c);
 	/* At the loop's end nothing can wait for a resume: everything held goes now. */
-	while (c->held_head && (!holding(c) || c->loop_ending)) {
-		struct ura__held_event *h = c->held_head;
-		c->held_head = h->next;
-		if (!c->held_head)
-			c->held_tail = NULL;
+	struct ura__list *front;
+	while ((front = ura__list_front(&c->held)) && (!holding(c) || c->loop_ending)) {
+		struct ura__held_event *h = ura__list_entry(front, struct ura__held_event, link);
+		ura__list_remove(&h->link);
 		call(c, h->fn, h->arg, &h->ev);
 		ura_msg_unref(h->ev.msg);
 		ura__free(h);
 	}
-	if (c->final_pending && !c->held_head)
+	if (c->final_pending && ura__list_empty(&c->held))
 		deliver_final(c);
 }
 

@@ -6,6 +6,10 @@
 
 #include <liburing.h>
 
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+
 #include "helpers.h"
 
 uint64_t th_now_ms(void)
@@ -196,4 +200,13 @@ int th_conn_pair(ura_loop *loop, ura_event_fn fa, void *ca, ura_conn **a, ura_ev
 	if (r < 0)
 		ura_conn_unref(*a);
 	return r;
+}
+
+bool th_under_valgrind(void)
+{
+#if __has_include(<valgrind/valgrind.h>)
+	return RUNNING_ON_VALGRIND != 0;
+#else
+	return false;
+#endif
 }

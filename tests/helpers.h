@@ -45,6 +45,10 @@ bool th_watchdog_end(struct th_watchdog *w);
  * left), false when the guard had to stop it; *res is what ura_loop_run returned. */
 bool th_run_bounded(ura_loop *loop, unsigned ms, int *res);
 
+/* True when the test runs under valgrind, whose own descriptors and limits make tests
+ * of the fd table meaningless (they skip). */
+bool th_under_valgrind(void);
+
 /* A per-task record of calls, for "exactly one terminal call" checks. */
 struct th_calls {
 	_Atomic uint64_t calls;     /* every callback */

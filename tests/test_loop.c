@@ -271,6 +271,13 @@ Test(loop, loop_beyond_1023_live_is_emfile, .timeout = 300)
 	int n = 0, r = 0;
 	while (n <= MAX_LIVE && (r = ura_loop_new(NULL, &loops[n])) == 0)
 		n++;
+	if (r == -ENOMEM && n < MAX_LIVE) {
+		/* The environment cannot map 1024 rings (valgrind's address space): nothing to
+		 * say about tags here; test_registry checks the allocator itself. */
+		for (int i = 0; i < n; i++)
+			ura_loop_free(loops[i]);
+		cr_skip("only %d rings fit in this address space", n);
+	}
 	cr_assert_eq(n, MAX_LIVE, "%d live loops, then %d", n, r);
 	cr_assert_eq(r, -EMFILE, "loop %d: %d, not -EMFILE", n + 1, r);
 	ura_loop_free(loops[100]);

@@ -461,7 +461,7 @@ Test(stress, shared_session_walks_racing_other_threads, .timeout = 300)
 struct pinger {
 	ura_loop *loop;
 	_Atomic uint64_t done;
-	_Atomic bool quit, lost;
+	_Atomic bool quit, lost, finished;
 	uint64_t sent;
 };
 
@@ -475,7 +475,11 @@ static void *ping_main(void *arg)
 {
 	struct pinger *p = arg;
 	ura_session *sh = ura_session_shared(p->loop);
-	for (unsigned i = 0; i < 20000 && !atomic_load(&p->quit); i++) {
+	/* 20000 round trips, or as many as 10 s allow (valgrind is slow): the check is
+	 * that none is lost, not how many fit. */
+	uint64_t start = th_now_ms();
+	for (unsigned i = 0; i < 20000 && !atomic_load(&p->quit) && th_now_ms() - start < 10000;
+	     i++) {
 		/* One at a time: each finds the loop idle, most often asleep in the kernel. */
 		uint64_t want = atomic_load(&p->done) + 1;
 		int r;
@@ -495,6 +499,8 @@ static void *ping_main(void *arg)
 				sched_yield();
 		}
 	}
+	atomic_store(&p->finished, true);
+	ura_loop_stop(p->loop); /* wakes the loop to see it */
 	return NULL;
 }
 
@@ -507,7 +513,7 @@ Test(stress, sporadic_submits_always_wake_the_sleeping_loop, .timeout = 300)
 	struct th_watchdog w;
 	cr_assert_eq(th_watchdog_start(&w, p.loop, 120000), 0);
 	/* The loop blocks whenever it has nothing to do; only the eventfd wakes it. */
-	for (uint64_t t0 = th_now_ms(); atomic_load(&p.done) < 20000 && !atomic_load(&p.lost) &&
+	for (uint64_t t0 = th_now_ms(); !atomic_load(&p.finished) && !atomic_load(&p.lost) &&
 					th_now_ms() - t0 < 120000;) {
 		int r = ura_loop_run_once(p.loop, true);
 		cr_assert_geq(r, 0);
@@ -518,6 +524,7 @@ Test(stress, sporadic_submits_always_wake_the_sleeping_loop, .timeout = 300)
 	cr_assert(!fired && !atomic_load(&p.lost),
 		  "a submit was left in the inbox while the loop slept: %lu of %lu done",
 		  (unsigned long)atomic_load(&p.done), (unsigned long)p.sent);
-	cr_assert_eq(atomic_load(&p.done), 20000);
+	cr_assert_eq(atomic_load(&p.done), p.sent);
+	cr_assert_geq(p.sent, 100, "too few round trips to say anything");
 	ura_loop_free(p.loop);
 }

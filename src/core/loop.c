@@ -35,6 +35,7 @@
 #include "alloc.h"
 
 #include "bufring.h"
+#include "cancel.h"
 #include "enter.h"
 #include "loop.h"
 #include "session.h"
@@ -379,9 +380,9 @@ static unsigned run_deferred(ura_loop *loop)
 	for (uint32_t i = 0; i < batch.len; i++) {
 		struct ura__deferred *d = (struct ura__deferred *)batch.items + i;
 		if (d->kind == URA__DEFER_CANCELLED) {
-			ura__task_deferred_cancel(loop, d->task);
+			ura__cancel_deferred(loop, d->task);
 		} else { /* URA__DEFER_RETRY_CHECK */
-			ura__session_retry_check(d->session);
+			ura__cancel_retry_check(d->session);
 			ura_session_unref(d->session);
 		}
 	}
@@ -403,13 +404,13 @@ static void wake_cqe(ura_loop *loop, uint64_t payload, int32_t res)
 static void cancel_cqe(ura_loop *loop, uint64_t payload, int32_t res)
 {
 	(void)loop;
-	ura__session_cancel_reaped((ura_session *)(uintptr_t)payload, res);
+	ura__cancel_reaped((ura_session *)(uintptr_t)payload, res);
 }
 
 static void retry_cqe(ura_loop *loop, uint64_t payload, int32_t res)
 {
 	(void)loop, (void)res;
-	ura__session_retry_fired((ura_session *)(uintptr_t)payload);
+	ura__cancel_retry_fired((ura_session *)(uintptr_t)payload);
 }
 
 static void ignore_cqe(ura_loop *loop, uint64_t payload, int32_t res)
@@ -541,12 +542,12 @@ URA__HOT static int iterate(ura_loop *loop, bool wait, const struct __kernel_tim
 		handled += run_commands(loop);
 	if (deferred_pending(loop))
 		handled += run_deferred(loop);
-	if (ura__loop_backlogged(loop))
+	if (ura__loop_backlogged(loop)) {
+		ura__cancel_drain_backlog(loop);
 		ura__task_drain_backlog(loop);
-	if (loop->cancels_lost && ura__sq_room(loop)) {
-		loop->cancels_lost = false;
-		ura__session_resend_cancels(loop);
 	}
+	if (loop->cancels_lost && ura__sq_room(loop))
+		ura__cancel_resend_lost(loop);
 	arm_wake(loop);
 	/* Having run commands, an iteration normally returns without blocking; but cancels
 	 * it just issued complete promptly, so waiting for them now saves a round trip. */

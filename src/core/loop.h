@@ -81,12 +81,6 @@ struct ura__deferred {
 };
 enum { URA__DEFER_CANCELLED, URA__DEFER_RETRY_CHECK };
 
-/* A per-task ASYNC_CANCEL waiting for SQ room. */
-struct ura__cancel_req {
-	ura_task task;
-	ura_session *session;
-};
-
 struct ura_loop {
 	/* Calls from other threads inside the loop, plus URA__GATE_CLOSED once
 	 * ura_loop_free has shut it (loop.c, "Lifetime"). Every remote call writes it:
@@ -128,10 +122,10 @@ struct ura_loop {
 	struct ura__vec deferred_alt; /* swapped in while draining */
 	struct ura__vec backlog;      /* ura_task: accepted tasks waiting for SQ room, in order */
 	uint32_t backlog_head;
-	struct ura__vec cancel_backlog; /* ura_task: cancels waiting for SQ room */
+	struct ura__vec cancel_backlog; /* cancel.c's cancel_req: cancels waiting for SQ room */
 	uint32_t cancel_backlog_head;
 	uint64_t live_tasks;      /* accepted by the loop and not yet terminal */
-	uint64_t cancels_in_flight;
+	uint64_t cancels_in_flight;  /* the sum of the sessions' (cancel.c) */
 	uint64_t retry_timers;    /* sessions' cancel-retry timers in the ring */
 	bool cancels_lost;        /* a cancel found neither SQ room nor memory: resend */
 	uint64_t active_handles;  /* connections and listeners keep the loop running */

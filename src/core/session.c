@@ -26,6 +26,7 @@
 
 #include "alloc.h"
 
+#include "cancel.h"
 #include "session.h"
 #include "task.h"
 
@@ -252,173 +253,21 @@ void ura__session_barrier_answer(ura_session *s, struct ura__barrier *b)
 	ura__session_count_put(s);
 }
 
-static void maybe_final(ura_session *s);
-
-static void remove_cancel_retry(ura_session *s);
-
 void ura__session_after_task(ura_session *s)
 {
 	if (ura__session_live(s) == 0 && s->invalidating) {
-		if (s->retry_armed && !s->retry_removing)
-			remove_cancel_retry(s); /* nothing left to cancel: end the wait */
-		maybe_final(s);
+		ura__cancel_retry_end(s); /* nothing left to cancel: end the wait */
+		ura__session_maybe_final(s);
 	}
-}
-
-/* ------------------------------------------------------- cancel retries */
-
-/*
- * A per-task ASYNC_CANCEL can miss: the kernel answers -ENOENT or -EALREADY when the
- * request is between states at that instant (completing, re-arming its poll after a
- * wakeup that found nothing to read, running in io-wq). If it was completing, its CQE
- * follows; if it went back to waiting, nothing more would come, and neither would the
- * task's terminal call nor its session's final event.
- *
- * Most misses are the first kind (a cancel racing a completion), so a miss only asks for
- * a check at the next drain, once the CQEs reaped with it have run: if a task of the
- * session is still cancelling in the ring then, a short timer is armed, and when it
- * fires every such task is cancelled again. The delay doubles while retries keep finding
- * such tasks (a request io-wq cannot interrupt must not make the loop spin) and starts
- * over once a retry finds none. When the session's last task ends, the timer is removed,
- * so its final event does not wait out the delay.
- */
-#define RETRY_FIRST_MS 1u
-#define RETRY_MAX_MS 128u
-
-/* Calls act on every task of s (ura__task_walk); returns how many calls answered true.
- * An act that ends tasks (a cancel finished at once for want of memory) makes the walk
- * start again from the head; the acts used here do nothing to a task acted on before. */
-static unsigned for_each_task(ura_session *s,
-			      bool (*act)(ura_loop *, uint32_t, struct ura__slot *))
-{
-	unsigned n = 0;
-	struct ura__task_walk w;
-	uint32_t index;
-	ura__task_walk_start(&w, s);
-	for (struct ura__slot *slot; (slot = ura__task_walk_next(&w, &index));)
-		n += act(s->loop, index, slot);
-	return n;
-}
-
-/* Cancels again every task of s still cancelling in the ring; returns how many. */
-static unsigned recancel_all(ura_session *s)
-{
-	return for_each_task(s, ura__task_recancel);
-}
-
-/* True when a task of s is still cancelling with its SQE in the ring. */
-static bool cancel_pending_in_ring(ura_session *s)
-{
-	struct ura__task_walk w;
-	uint32_t index;
-	ura__task_walk_start(&w, s);
-	for (struct ura__slot *slot; (slot = ura__task_walk_next(&w, &index));) {
-		uint64_t gs = atomic_load_explicit(&slot->gen_state, memory_order_acquire);
-		if (ura__gs_state(gs) == URA__SLOT_CANCELING && (slot->lflags & URA__TF_IN_RING))
-			return true;
-	}
-	return false;
-}
-
-static void arm_cancel_retry(ura_session *s)
-{
-	ura_loop *loop = s->loop;
-	struct io_uring_sqe *q = ura__loop_cancel_sqe(loop);
-	if (!q) {
-		/* SQ full: retry at once; cancels that find no room wait in the backlog. */
-		(void)recancel_all(s);
-		return;
-	}
-	if (!s->retry_ms)
-		s->retry_ms = RETRY_FIRST_MS;
-	s->retry_ts = (struct __kernel_timespec){ .tv_nsec = (long long)s->retry_ms * 1000000 };
-	io_uring_prep_timeout(q, &s->retry_ts, 0, 0);
-	io_uring_sqe_set_data64(q, ura__tag(URA__TAG_KIND_RETRY, (uintptr_t)s));
-	s->retry_armed = true;
-	loop->retry_timers++;
-}
-
-/* Removes the armed timer early (the session has no task left): its CQE, -ECANCELED,
- * then comes at once. Without an SQE it simply runs out. */
-static void remove_cancel_retry(ura_session *s)
-{
-	struct io_uring_sqe *q = ura__loop_cancel_sqe(s->loop);
-	if (!q)
-		return;
-	io_uring_prep_timeout_remove(q, ura__tag(URA__TAG_KIND_RETRY, (uintptr_t)s), 0);
-	io_uring_sqe_set_data64(q, ura__tag(URA__TAG_KIND_IGNORE, 0));
-	s->retry_removing = true;
-}
-
-void ura__session_retry_check(ura_session *s)
-{
-	s->retry_check_pending = false;
-	if (!s->retry_armed && !(atomic_load_explicit(&s->state, memory_order_acquire) &
-				 URA__SS_FINAL) && cancel_pending_in_ring(s))
-		arm_cancel_retry(s);
-	if (s->invalidating)
-		maybe_final(s);
-}
-
-void ura__session_retry_fired(ura_session *s)
-{
-	s->retry_armed = false;
-	s->retry_removing = false;
-	s->loop->retry_timers--;
-	if (recancel_all(s))
-		s->retry_ms = s->retry_ms * 2 < RETRY_MAX_MS ? s->retry_ms * 2 : RETRY_MAX_MS;
-	else
-		s->retry_ms = 0;
-	if (s->invalidating)
-		maybe_final(s);
-}
-
-void ura__session_resend_cancels(ura_loop *loop)
-{
-	/* Rare (memory ran out with a full SQ): a walk of every session is fine. Tasks
-	 * whose cancel did go out get a second one, which misses harmlessly. */
-	pthread_mutex_lock(&loop->sessions_lock);
-	for (ura_session *s = loop->sessions; s; s = s->next_in_loop)
-		(void)recancel_all(s);
-	pthread_mutex_unlock(&loop->sessions_lock);
-}
-
-void ura__session_cancel_reaped(ura_session *s, int32_t res)
-{
-	if (res == 0)
-		ura__stat_bump(&s->stats.cancel_ok);
-	else if (res == -ENOENT)
-		ura__stat_bump(&s->stats.cancel_enoent);
-	else if (res == -EALREADY)
-		ura__stat_bump(&s->stats.cancel_ealready);
-	s->cancels_in_flight--;
-	s->loop->cancels_in_flight--;
-	if (res != 0 && !s->retry_armed && !s->retry_check_pending) {
-		s->retry_check_pending = true;
-		ura_session_ref(s); /* until the check ran */
-		if (ura__loop_defer(s->loop, URA__DEFER_RETRY_CHECK, 0, s) < 0) {
-			/* No memory to defer the check: arm the timer now instead. */
-			ura_session_unref(s);
-			s->retry_check_pending = false;
-			arm_cancel_retry(s);
-		}
-	}
-	if (s->invalidating)
-		maybe_final(s);
 }
 
 /* -------------------------------------------------------- invalidation */
 
-static void cancel_all(ura_session *s)
-{
-	(void)for_each_task(s, ura__task_cancel_slot);
-}
-
-static void maybe_final(ura_session *s)
+void ura__session_maybe_final(ura_session *s)
 {
 	uint64_t st = atomic_load_explicit(&s->state, memory_order_acquire);
 	if (!s->invalidating || (st & URA__SS_FINAL) || (st & URA__SS_COUNT) || ura__session_live(s) ||
-	    s->cancels_in_flight || s->retry_armed || s->retry_check_pending)
+	    ura__cancel_pending(s))
 		return;
 	ura_loop *loop = s->loop;
 	/* Set FINAL before the call: nothing of this session may run after it. */
@@ -450,9 +299,9 @@ void ura__session_check(ura_session *s)
 	}
 	if ((st & URA__SS_CANCEL) && !s->cancel_all_done) {
 		s->cancel_all_done = true;
-		cancel_all(s);
+		ura__cancel_all(s);
 	}
-	maybe_final(s);
+	ura__session_maybe_final(s);
 }
 
 static void request_invalidation(ura_session *s, uint64_t bits)
@@ -528,13 +377,7 @@ void ura__session_abandon_all(ura_loop *loop)
 		pthread_mutex_unlock(&loop->sessions_lock);
 		if (!found)
 			return;
-		found->cancels_in_flight = 0;
-		found->retry_check_pending = false; /* dropped with the deferred work */
-		found->retry_removing = false;
-		if (found->retry_armed) { /* the ring took its timer with it */
-			found->retry_armed = false;
-			loop->retry_timers--;
-		}
+		ura__cancel_abandon(found);
 		/* Passes until one finds nothing: a terminal call may submit again. */
 		for (unsigned finished = 1; finished;) {
 			struct ura__task_walk w;
@@ -554,7 +397,7 @@ void ura__session_abandon_all(ura_loop *loop)
 			found->invalidating = true;
 			loop->invalidating++;
 		}
-		maybe_final(found);
+		ura__session_maybe_final(found);
 		if (!(atomic_load_explicit(&found->state, memory_order_acquire) & URA__SS_FINAL))
 			session_unlink(loop, found); /* cannot happen; never loop forever */
 		ura_session_unref(found);

@@ -279,16 +279,9 @@ static inline void ura__session_task_finished(ura_session *s, struct ura__slot *
 		ura__session_after_task(s);
 }
 
-/* A cancel CQE (res) for one of s's tasks was reaped. */
-void ura__session_cancel_reaped(ura_session *s, int32_t res);
-/* After a missed cancel (deferred to the next drain): arms the retry timer if a task of
- * s is still cancelling in the ring. Loop thread. */
-void ura__session_retry_check(ura_session *s);
-/* Cancels again every task of every session that is cancelling in the ring (a cancel
- * was lost to a full SQ and no memory). Loop thread. */
-void ura__session_resend_cancels(ura_loop *loop);
-/* s's cancel-retry timer fired: cancels again what is still cancelling. Loop thread. */
-void ura__session_retry_fired(ura_session *s);
+/* Emits the final event if s is invalidating and nothing of it is left: no count, no
+ * live task, no cancel of cancel.c's still pending. Loop thread, at top level. */
+void ura__session_maybe_final(ura_session *s);
 
 /* Looks at s after a notice: starts watching, cancels on request,
  * and emits the final event when nothing is left. Loop thread. */

@@ -7,7 +7,8 @@
  *   accepted on another thread:   PENDING or SUSPENDED, plus a SUBMIT command that the
  *                                 loop turns into the above;
  *   cancel (any thread):          CAS to CANCELING; the loop then sends ASYNC_CANCEL (in
- *                                 the ring) or finishes it with -ECANCELED (not in it);
+ *                                 the ring) or finishes it with -ECANCELED (not in it):
+ *                                 all of it in cancel.c;
  *   terminal CQE:                 FREE with the generation bumped, before the callbacks
  *                                 run (the handle reads COMPLETED from then on); the
  *                                 slot is reused only after they return.
@@ -23,6 +24,7 @@
 
 #include "alloc.h"
 
+#include "cancel.h"
 #include "session.h"
 #include "task.h"
 
@@ -41,33 +43,10 @@ struct ura__submit_cmd {
 	struct __kernel_timespec ts;
 };
 
-/* A cancel or resume from another thread: the state changed there; the loop acts. */
-struct task_cmd {
-	struct ura__cmd cmd;
-	ura_loop *loop;
-	ura_task task;
-};
-
-static uint64_t load_gs(struct ura__slot *slot)
-{
-	/* Acquire: pairs with the release store that published the state, so the slot's
-	 * other fields (session, fn, arg) written before it are visible. */
-	return atomic_load_explicit(&slot->gen_state, memory_order_acquire);
-}
-
 static void set_state(struct ura__slot *slot, uint32_t gen, unsigned state)
 {
-	/* Release: publishes the slot's fields with the new state (see load_gs). */
+	/* Release: publishes the slot's fields with the new state (see ura__task_gs). */
 	atomic_store_explicit(&slot->gen_state, ura__gs_make(gen, state), memory_order_release);
-}
-
-static bool cas_state(struct ura__slot *slot, uint32_t gen, unsigned from, unsigned to)
-{
-	uint64_t want = ura__gs_make(gen, from);
-	/* acq_rel: the loser re-reads a state published by the winner. */
-	return atomic_compare_exchange_strong_explicit(&slot->gen_state, &want,
-						       ura__gs_make(gen, to),
-						       memory_order_acq_rel, memory_order_acquire);
 }
 
 /* Copies the template into a ring SQE; the timeout's timespec moves into the slot. */
@@ -91,7 +70,7 @@ static void backlog_add(ura_loop *loop, struct ura__slot *slot, ura_task t)
 		 * (as cancelled) rather than being lost: at the next drain, or now if even
 		 * that cannot be queued; exactly one terminal call either way. */
 		slot->lflags &= (uint8_t)~URA__TF_BACKLOG;
-		(void)cas_state(slot, ura__handle_gen(t), URA__SLOT_PENDING, URA__SLOT_CANCELING);
+		(void)ura__task_cas(slot, ura__handle_gen(t), URA__SLOT_PENDING, URA__SLOT_CANCELING);
 		if (ura__loop_defer(loop, URA__DEFER_CANCELLED, t, NULL) < 0)
 			ura__task_finish_now(loop, ura__handle_index(t), slot, -ECANCELED);
 	}
@@ -116,7 +95,7 @@ static bool place_pending(ura_loop *loop, uint32_t index, struct ura__slot *slot
 	(void)index;
 	if (!ura__sq_room(loop))
 		return false;
-	if (!cas_state(slot, ura__handle_gen(t), URA__SLOT_PENDING, URA__SLOT_RUNNING))
+	if (!ura__task_cas(slot, ura__handle_gen(t), URA__SLOT_PENDING, URA__SLOT_RUNNING))
 		return true; /* cancelled meanwhile: its deferred cancel finishes it */
 	struct ura__submit_cmd *cmd = slot->u.pending;
 	slot->lflags &= (uint8_t)~URA__TF_HAS_PENDING;
@@ -303,13 +282,13 @@ static struct ura__slot *find(ura_session *s, ura_task t, uint64_t *gs_out)
 	struct ura__slot *slot = ura__registry_lookup(&s->loop->registry, t);
 	if (!slot)
 		return NULL;
-	uint64_t gs = load_gs(slot);
+	uint64_t gs = ura__task_gs(slot);
 	if (ura__gs_gen(gs) != ura__handle_gen(t) || ura__gs_state(gs) == URA__SLOT_FREE)
 		return NULL;
 	if (atomic_load_explicit(&slot->session, memory_order_relaxed) != s)
 		return NULL;
 	/* Re-read: if the generation still matches, the session we read was this task's. */
-	if (ura__gs_gen(load_gs(slot)) != ura__handle_gen(t))
+	if (ura__gs_gen(ura__task_gs(slot)) != ura__handle_gen(t))
 		return NULL;
 	*gs_out = gs;
 	return slot;
@@ -347,113 +326,15 @@ void ura__task_finish_now(ura_loop *loop, uint32_t index, struct ura__slot *slot
 	if (slot->lflags & URA__TF_QUEUED) /* ends before it ever reached the ring */
 		ura__loop_unqueue(loop, slot);
 	ura_session *s = atomic_load_explicit(&slot->session, memory_order_relaxed);
-	uint32_t gen = ura__gs_gen(load_gs(slot));
+	uint32_t gen = ura__gs_gen(ura__task_gs(slot));
 	ura__task_end(s, slot, ura__handle_make(&loop->registry, gen, index), res, 0);
 }
-
-/* Queues an ASYNC_CANCEL for t if the SQ has room (the cancel headroom is theirs). */
-static bool cancel_sqe_try(ura_loop *loop, ura_session *s, ura_task t)
-{
-	struct io_uring_sqe *q = ura__loop_cancel_sqe(loop);
-	if (!q)
-		return false;
-	/* A test's lost cancel aims at a user_data no request has, so the kernel answers
-	 * -ENOENT while t lives on: what a cancel that races a re-arming request sees. */
-	io_uring_prep_cancel64(q, ura__fault(URA__FAULT_CANCEL_MISS) ?
-				  ura__tag(URA__TAG_KIND_NONE, 0) : t, 0);
-	io_uring_sqe_set_data64(q, ura__tag(URA__TAG_KIND_CANCEL, (uintptr_t)s));
-	return true;
-}
-
-/* Sends (or backlogs) one per-task cancel; the session's final event waits for its CQE. */
-static void send_cancel(ura_loop *loop, ura_session *s, ura_task t)
-{
-	s->cancels_in_flight++;
-	loop->cancels_in_flight++;
-	if (cancel_sqe_try(loop, s, t))
-		return;
-	struct ura__cancel_req req = { .task = t, .session = s };
-	if (ura__vec_push(&loop->cancel_backlog, &req, sizeof(req)) < 0) {
-		/* Out of memory with a full SQ: this cancel cannot wait anywhere. Undo its
-		 * accounting and have the loop send it again once the SQ has room (the task
-		 * stays CANCELING in the ring, which is what the resend looks for). */
-		s->cancels_in_flight--;
-		loop->cancels_in_flight--;
-		loop->cancels_lost = true;
-	}
-}
-
-/* Acts on a task just marked CANCELING. Loop thread. */
-static void cancel_marked(ura_loop *loop, uint32_t index, struct ura__slot *slot, ura_task t)
-{
-	(void)index;
-	if (!(slot->lflags & URA__TF_LINKED))
-		return; /* its SUBMIT is still in the inbox and will see CANCELING */
-	if (slot->lflags & URA__TF_IN_RING) {
-		if (!(slot->lflags & URA__TF_CANCEL_SENT)) {
-			slot->lflags |= URA__TF_CANCEL_SENT;
-			send_cancel(loop, atomic_load_explicit(&slot->session,
-							       memory_order_relaxed), t);
-		}
-		return;
-	}
-	/* Suspended or backlogged: it completes at once, without an SQE, at the next drain
-	 * (never inside the caller's call). */
-	if (ura__loop_defer(loop, URA__DEFER_CANCELLED, t, NULL) < 0) {
-		/* No memory to defer: finishing inline is still exactly one terminal call. */
-		ura__task_finish_now(loop, index, slot, -ECANCELED);
-	}
-}
-
-bool ura__task_recancel(ura_loop *loop, uint32_t index, struct ura__slot *slot)
-{
-	uint64_t gs = load_gs(slot);
-	if (ura__gs_state(gs) != URA__SLOT_CANCELING || !(slot->lflags & URA__TF_IN_RING))
-		return false;
-	send_cancel(loop, atomic_load_explicit(&slot->session, memory_order_relaxed),
-		    ura__handle_make(&loop->registry, ura__gs_gen(gs), index));
-	return true;
-}
-
-/* Moves a live task of generation gen to CANCELING: 0, -EALREADY, or -ENOENT when it is
- * finished (or finishing). Any thread. */
-static int mark_canceling(struct ura__slot *slot, uint32_t gen)
-{
-	for (;;) {
-		uint64_t gs = load_gs(slot);
-		unsigned st = ura__gs_state(gs);
-		if (ura__gs_gen(gs) != gen || st == URA__SLOT_FREE)
-			return -ENOENT;
-		if (st == URA__SLOT_CANCELING)
-			return -EALREADY;
-		if (cas_state(slot, gen, st, URA__SLOT_CANCELING))
-			return 0;
-	}
-}
-
-bool ura__task_cancel_slot(ura_loop *loop, uint32_t index, struct ura__slot *slot)
-{
-	uint32_t gen = ura__gs_gen(load_gs(slot));
-	if (mark_canceling(slot, gen) < 0)
-		return false;
-	cancel_marked(loop, index, slot, ura__handle_make(&loop->registry, gen, index));
-	return true;
-}
-
-/* A cancel or resume in progress: the task's slot and state, and the command that will
- * carry it to the loop (NULL on the loop thread). */
-struct task_call {
-	struct ura__slot *slot;
-	uint64_t gs;
-	bool on_loop;
-	struct task_cmd *cmd;
-};
 
 /* The common start of cancel and resume: find the task and, off the loop thread, enter
  * the loop and allocate the command before the state changes, so that a change that
  * succeeds cannot then fail to reach the loop. On success the caller ends with
- * task_call_end. */
-static int task_call_begin(ura_session *s, ura_task t, struct task_call *call)
+ * ura__task_call_end. */
+int ura__task_call_begin(ura_session *s, ura_task t, struct ura__task_call *call)
 {
 	if (!s)
 		return -EINVAL;
@@ -476,8 +357,8 @@ static int task_call_begin(ura_session *s, ura_task t, struct task_call *call)
 
 /* Hands a cancel or resume that took effect to the loop thread (cmd NULL: it did not,
  * or this is the loop thread), and leaves the loop. */
-static void task_call_end(ura_session *s, ura_task t, struct task_call *call,
-			  void (*run)(struct ura__cmd *, bool))
+void ura__task_call_end(ura_session *s, ura_task t, struct ura__task_call *call,
+			void (*run)(struct ura__cmd *, bool))
 {
 	if (call->on_loop)
 		return;
@@ -490,38 +371,20 @@ static void task_call_end(ura_session *s, ura_task t, struct task_call *call,
 	ura__loop_leave(s->loop);
 }
 
-static void run_cancel(struct ura__cmd *cmd, bool discard);
 static void run_resume(struct ura__cmd *cmd, bool discard);
-
-int ura_task_cancel(ura_session *s, ura_task t)
-{
-	struct task_call call;
-	int r = task_call_begin(s, t, &call);
-	if (r < 0)
-		return r;
-	r = mark_canceling(call.slot, ura__handle_gen(t));
-	if (r < 0) {
-		ura__free(call.cmd);
-		call.cmd = NULL;
-	} else if (call.on_loop) {
-		cancel_marked(s->loop, ura__handle_index(t), call.slot, t);
-	}
-	task_call_end(s, t, &call, run_cancel);
-	return r;
-}
 
 int ura_task_resume(ura_session *s, ura_task t)
 {
-	struct task_call call;
-	int r = task_call_begin(s, t, &call);
+	struct ura__task_call call;
+	int r = ura__task_call_begin(s, t, &call);
 	if (r < 0)
 		return r;
 	struct ura__slot *slot = call.slot;
 	if (ura__gs_state(call.gs) != URA__SLOT_SUSPENDED ||
-	    !cas_state(slot, ura__handle_gen(t), URA__SLOT_SUSPENDED, URA__SLOT_PENDING)) {
+	    !ura__task_cas(slot, ura__handle_gen(t), URA__SLOT_SUSPENDED, URA__SLOT_PENDING)) {
 		ura__free(call.cmd);
 		call.cmd = NULL;
-		uint64_t gs = load_gs(slot);
+		uint64_t gs = ura__task_gs(slot);
 		if (ura__gs_gen(gs) != ura__handle_gen(t) || ura__gs_state(gs) == URA__SLOT_FREE)
 			r = -ENOENT;
 		else
@@ -531,17 +394,16 @@ int ura_task_resume(ura_session *s, ura_task t)
 	}
 	/* On the loop thread an unlinked task's SUBMIT is still in the inbox, and that
 	 * command will find it PENDING. */
-	task_call_end(s, t, &call, run_resume);
+	ura__task_call_end(s, t, &call, run_resume);
 	return r;
 }
 
-/* The slot a command names, if that task is still live. */
-static struct ura__slot *cmd_slot(ura_loop *loop, ura_task t, uint64_t *gs)
+struct ura__slot *ura__task_live_slot(ura_loop *loop, ura_task t, uint64_t *gs)
 {
 	struct ura__slot *slot = ura__registry_lookup(&loop->registry, t);
 	if (!slot)
 		return NULL;
-	*gs = load_gs(slot);
+	*gs = ura__task_gs(slot);
 	if (ura__gs_gen(*gs) != ura__handle_gen(t) || ura__gs_state(*gs) == URA__SLOT_FREE)
 		return NULL;
 	return slot;
@@ -552,7 +414,7 @@ static void command_submit(ura_loop *loop, struct ura__submit_cmd *cmd)
 	uint64_t gs;
 	ura_task t = cmd->task;
 	uint32_t index = ura__handle_index(t);
-	struct ura__slot *slot = cmd_slot(loop, t, &gs);
+	struct ura__slot *slot = ura__task_live_slot(loop, t, &gs);
 	/* The task cannot have finished before the loop saw it: only the loop finishes. */
 	keep_pending(slot, cmd);
 	ura_session *s = cmd->session;
@@ -562,9 +424,9 @@ static void command_submit(ura_loop *loop, struct ura__submit_cmd *cmd)
 	if (s->cancel_all_done) {
 		/* Accepted before the session's cancel bit was set, seen after its cancel-all
 		 * ran: cancel it like the rest. */
-		(void)ura__task_cancel_slot(loop, index, slot);
+		(void)ura__cancel_slot(loop, index, slot);
 	}
-	switch (ura__gs_state(load_gs(slot))) {
+	switch (ura__gs_state(ura__task_gs(slot))) {
 	case URA__SLOT_CANCELING:
 		ura__task_finish_now(loop, index, slot, -ECANCELED);
 		break;
@@ -588,35 +450,16 @@ static void run_submit(struct ura__cmd *cmd, bool discard)
 		command_submit(sc->session->loop, sc);
 }
 
-static void run_cancel(struct ura__cmd *cmd, bool discard)
-{
-	struct task_cmd *tc = (struct task_cmd *)cmd;
-	uint64_t gs;
-	struct ura__slot *slot;
-	if (!discard && (slot = cmd_slot(tc->loop, tc->task, &gs)) &&
-	    ura__gs_state(gs) == URA__SLOT_CANCELING)
-		cancel_marked(tc->loop, ura__handle_index(tc->task), slot, tc->task);
-	ura__free(tc);
-}
-
 static void run_resume(struct ura__cmd *cmd, bool discard)
 {
-	struct task_cmd *tc = (struct task_cmd *)cmd;
+	struct ura__task_cmd *tc = (struct ura__task_cmd *)cmd;
 	uint64_t gs;
 	struct ura__slot *slot;
-	if (!discard && (slot = cmd_slot(tc->loop, tc->task, &gs)) &&
+	if (!discard && (slot = ura__task_live_slot(tc->loop, tc->task, &gs)) &&
 	    ura__gs_state(gs) == URA__SLOT_PENDING &&
 	    !(slot->lflags & (URA__TF_IN_RING | URA__TF_BACKLOG)))
 		place_or_backlog(tc->loop, ura__handle_index(tc->task), slot, tc->task);
 	ura__free(tc);
-}
-
-void ura__task_deferred_cancel(ura_loop *loop, ura_task t)
-{
-	uint64_t gs;
-	struct ura__slot *slot = cmd_slot(loop, t, &gs);
-	if (slot && ura__gs_state(gs) == URA__SLOT_CANCELING && !(slot->lflags & URA__TF_IN_RING))
-		ura__task_finish_now(loop, ura__handle_index(t), slot, -ECANCELED);
 }
 
 void ura__task_drop_pending(struct ura__slot *slot)
@@ -627,21 +470,10 @@ void ura__task_drop_pending(struct ura__slot *slot)
 
 void ura__task_drain_backlog(ura_loop *loop)
 {
-	while (loop->cancel_backlog_head < loop->cancel_backlog.len) {
-		struct ura__cancel_req *req =
-			(struct ura__cancel_req *)loop->cancel_backlog.items +
-			loop->cancel_backlog_head;
-		if (!cancel_sqe_try(loop, req->session, req->task))
-			break;
-		loop->cancel_backlog_head++;
-	}
-	if (loop->cancel_backlog_head == loop->cancel_backlog.len)
-		loop->cancel_backlog.len = loop->cancel_backlog_head = 0;
-
 	while (loop->backlog_head < loop->backlog.len) {
 		ura_task t = ((ura_task *)loop->backlog.items)[loop->backlog_head];
 		uint64_t gs;
-		struct ura__slot *slot = cmd_slot(loop, t, &gs);
+		struct ura__slot *slot = ura__task_live_slot(loop, t, &gs);
 		if (slot && ura__gs_state(gs) == URA__SLOT_PENDING) {
 			if (!place_pending(loop, ura__handle_index(t), slot, t))
 				break;

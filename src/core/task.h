@@ -1,4 +1,4 @@
-/* Tasks: acceptance, placement in the ring, cancel/resume, terminal calls. */
+/* Tasks: acceptance, placement in the ring, resume, terminal calls (cancel: cancel.h). */
 #ifndef URA_TASK_H
 #define URA_TASK_H
 
@@ -6,6 +6,25 @@
 
 #include "loop.h"
 #include "session.h"
+
+/*
+ * A slot's generation and state word, read and moved by task.c and cancel.c.
+ */
+static inline uint64_t ura__task_gs(struct ura__slot *slot)
+{
+	/* Acquire: pairs with the release store that published the state, so the slot's
+	 * other fields (session, fn, arg) written before it are visible. */
+	return atomic_load_explicit(&slot->gen_state, memory_order_acquire);
+}
+
+static inline bool ura__task_cas(struct ura__slot *slot, uint32_t gen, unsigned from, unsigned to)
+{
+	uint64_t want = ura__gs_make(gen, from);
+	/* acq_rel: the loser re-reads a state published by the winner. */
+	return atomic_compare_exchange_strong_explicit(&slot->gen_state, &want,
+						       ura__gs_make(gen, to),
+						       memory_order_acq_rel, memory_order_acquire);
+}
 
 /* Submits a task whose SQE addr must point at a runtime-kept timespec (ura_timeout). */
 int ura__submit_ts(ura_session *s, const struct io_uring_sqe *sqe, unsigned flags,
@@ -58,7 +77,7 @@ static inline int ura__fast_commit(struct ura__fast *f, ura_task_fn fn, void *ar
 	slot->opcode = f->sqe->opcode;
 	slot->lflags = URA__TF_IN_RING | URA__TF_LINKED; /* linked just below */
 	io_uring_sqe_set_data64(f->sqe, t);
-	/* Release: publishes the fields above with the state (see task.c, load_gs). Nobody
+	/* Release: publishes the fields above with the state (see ura__task_gs). Nobody
 	 * else knows the handle yet, so a plain store suffices; no CAS. */
 	atomic_store_explicit(&slot->gen_state, ura__gs_make(gen, URA__SLOT_RUNNING),
 			      memory_order_release);
@@ -116,16 +135,34 @@ static inline void ura__task_cqe(ura_loop *loop, uint64_t user_data, int32_t res
 	}
 	ura__task_end(s, slot, t, res, flags);
 }
-/* URA__DEFER_CANCELLED: a task cancelled before reaching the ring. Loop thread. */
-void ura__task_deferred_cancel(ura_loop *loop, ura_task t);
-/* Moves backlogged cancels, then tasks, into the SQ while there is room. Loop thread. */
+/* Moves backlogged tasks into the SQ while there is room (after the cancel backlog,
+ * cancel.c). Loop thread. */
 void ura__task_drain_backlog(ura_loop *loop);
-/* Marks a live task CANCELING (unless it is already) and acts on it. Returns true when
- * this call requested the cancel. Loop thread. */
-bool ura__task_cancel_slot(ura_loop *loop, uint32_t index, struct ura__slot *slot);
-/* Sends another ASYNC_CANCEL for a task that is CANCELING with its SQE in the ring
- * (an earlier one missed); false when the task is not in that state. Loop thread. */
-bool ura__task_recancel(ura_loop *loop, uint32_t index, struct ura__slot *slot);
+/* The slot of t if t is still live (its state word in *gs), else NULL. Loop thread. */
+struct ura__slot *ura__task_live_slot(ura_loop *loop, ura_task t, uint64_t *gs);
+
+/* A cancel or resume from another thread: the state changed there; the loop acts. */
+struct ura__task_cmd {
+	struct ura__cmd cmd;
+	ura_loop *loop;
+	ura_task task;
+};
+
+/* A cancel or resume in progress: the task's slot and state, and the command that will
+ * carry it to the loop (NULL on the loop thread). */
+struct ura__task_call {
+	struct ura__slot *slot;
+	uint64_t gs;
+	bool on_loop;
+	struct ura__task_cmd *cmd;
+};
+/* The common start of cancel and resume (see task.c). 0 or -errno; on 0 the caller
+ * ends with ura__task_call_end. Any thread. */
+int ura__task_call_begin(ura_session *s, ura_task t, struct ura__task_call *call);
+/* Hands a change that took effect (call->cmd not NULL) to the loop with run as its
+ * handler, and leaves the loop. Any thread. */
+void ura__task_call_end(ura_session *s, ura_task t, struct ura__task_call *call,
+			void (*run)(struct ura__cmd *, bool));
 /* Terminal call of a task that never reached the kernel or was abandoned. Loop thread. */
 void ura__task_finish_now(ura_loop *loop, uint32_t index, struct ura__slot *slot, int32_t res);
 

@@ -291,8 +291,9 @@ void ura__cancel_resend_lost(ura_loop *loop)
 	/* Rare (memory ran out with a full SQ): a walk of every session is fine. Tasks
 	 * whose cancel did go out get a second one, which misses harmlessly. */
 	pthread_mutex_lock(&loop->sessions_lock);
-	for (ura_session *s = loop->sessions; s; s = s->next_in_loop)
-		(void)recancel_all(s);
+	struct ura__list *pos, *tmp;
+	ura__list_for_each_safe(pos, tmp, &loop->sessions)
+		(void)recancel_all(ura__list_entry(pos, ura_session, in_loop));
 	pthread_mutex_unlock(&loop->sessions_lock);
 }
 

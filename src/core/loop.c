@@ -198,6 +198,7 @@ int ura_loop_new(const struct ura_loop_config *cfg, ura_loop **out)
 	if (r < 0)
 		goto err_loop;
 	pthread_mutex_init(&loop->sessions_lock, NULL);
+	ura__list_init(&loop->sessions);
 	loop->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (loop->wake_fd < 0) {
 		r = -errno;
@@ -645,7 +646,7 @@ static void close_gate(ura_loop *loop)
 static bool sessions_pending(ura_loop *loop)
 {
 	pthread_mutex_lock(&loop->sessions_lock);
-	bool any = loop->sessions != NULL;
+	bool any = !ura__list_empty(&loop->sessions);
 	pthread_mutex_unlock(&loop->sessions_lock);
 	return any;
 }

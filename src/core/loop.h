@@ -15,6 +15,7 @@
 #include "inbox.h"
 #include "registry.h"
 #include "clock.h"
+#include "list.h"
 #include "vec.h"
 #include "ura.h"
 
@@ -145,7 +146,7 @@ struct ura_loop {
 
 	/* Sessions of this loop that have not had their final event. */
 	pthread_mutex_t sessions_lock;
-	ura_session *sessions;
+	struct ura__list sessions; /* ura_session.in_loop, oldest first */
 	ura_session *shared;
 };
 

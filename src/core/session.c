@@ -48,29 +48,22 @@ static ura_session *session_alloc(ura_loop *loop, const struct ura_session_deleg
 	 * runs it (only its inbox link changes). */
 	s->notice.run = run_notice;
 	pthread_mutex_init(&s->desc_lock, NULL);
+	ura__list_init(&s->in_loop);
 	return s;
 }
 
 static void session_link(ura_loop *loop, ura_session *s)
 {
 	pthread_mutex_lock(&loop->sessions_lock);
-	s->next_in_loop = loop->sessions;
-	if (loop->sessions)
-		loop->sessions->prev_in_loop = s;
-	loop->sessions = s;
+	ura__list_push_back(&loop->sessions, &s->in_loop);
 	pthread_mutex_unlock(&loop->sessions_lock);
 }
 
+/* Takes s off the loop's list; again is harmless (a removed node is on no list). */
 static void session_unlink(ura_loop *loop, ura_session *s)
 {
 	pthread_mutex_lock(&loop->sessions_lock);
-	if (s->prev_in_loop)
-		s->prev_in_loop->next_in_loop = s->next_in_loop;
-	else
-		loop->sessions = s->next_in_loop;
-	if (s->next_in_loop)
-		s->next_in_loop->prev_in_loop = s->prev_in_loop;
-	s->next_in_loop = s->prev_in_loop = NULL;
+	ura__list_remove(&s->in_loop);
 	pthread_mutex_unlock(&loop->sessions_lock);
 }
 
@@ -337,9 +330,14 @@ static ura_session *find_session(ura_loop *loop, bool (*pred)(ura_session *, uin
 {
 	ura_session *found = NULL;
 	pthread_mutex_lock(&loop->sessions_lock);
-	for (ura_session *s = loop->sessions; s && !found; s = s->next_in_loop)
-		if (pred(s, atomic_load_explicit(&s->state, memory_order_acquire)))
+	struct ura__list *pos, *tmp;
+	ura__list_for_each_safe(pos, tmp, &loop->sessions) {
+		ura_session *s = ura__list_entry(pos, ura_session, in_loop);
+		if (pred(s, atomic_load_explicit(&s->state, memory_order_acquire))) {
 			found = ura_session_ref(s);
+			break;
+		}
+	}
 	pthread_mutex_unlock(&loop->sessions_lock);
 	return found;
 }
@@ -373,7 +371,8 @@ void ura__session_abandon_all(ura_loop *loop)
 	for (;;) {
 		ura_session *found = NULL;
 		pthread_mutex_lock(&loop->sessions_lock);
-		found = ura_session_ref(loop->sessions);
+		struct ura__list *front = ura__list_front(&loop->sessions);
+		found = front ? ura_session_ref(ura__list_entry(front, ura_session, in_loop)) : NULL;
 		pthread_mutex_unlock(&loop->sessions_lock);
 		if (!found)
 			return;

@@ -89,7 +89,7 @@ struct ura_session {
 	struct ura__tag_counts tag_counts;
 	ura_task *scratch;               /* get_tasks answers; dropped by reset */
 	size_t scratch_cap;
-	ura_session *next_in_loop, *prev_in_loop; /* under loop->sessions_lock */
+	struct ura__list in_loop;        /* on loop->sessions, under loop->sessions_lock */
 
 	/* The session's one notice to the loop ("look at me": an invalidation or a last
 	 * count unit). Embedded, so that sending it never allocates and a final event can

@@ -127,6 +127,7 @@ static int conn_alloc(ura_loop *loop, ura_conn **out)
 	if (r < 0) {
 		pthread_mutex_destroy(&c->lock);
 		ura__free(c);
+		ura__loop_unref(loop); /* the reference taken above */
 		return r;
 	}
 	ura__frame_decoder_init(&c->dec, c->max_frame);

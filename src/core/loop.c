@@ -3,10 +3,12 @@
  * with its wakeup.
  *
  * One iteration (ura_loop_run_once):
- *   1. take the inbox and run its commands (submits, cancels, posts, session requests);
- *   2. run the loop thread's deferred work (cancelled-before-submission tasks, session
- *      checks), then any session rescan;
- *   3. move backlogged cancels, then tasks, into the SQ;
+ *   1. run a slice of the inbox's commands (submits, cancels, posts, session notices
+ *      and requests, connection calls), at most four SQs' worth;
+ *   2. run the loop thread's deferred work (cancelled-before-submission tasks,
+ *      cancel-retry checks);
+ *   3. move backlogged cancels, then tasks, into the SQ; resend cancels lost to a full
+ *      SQ with no memory;
  *   4. one io_uring_enter: submit everything and wait (or only reap) completions;
  *   5. reap CQEs in batches: task callbacks; runtime tags (cancel results, retry timers,
  *      the wakeup read) through the table of tag handlers.
